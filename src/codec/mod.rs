@@ -1,0 +1,1 @@
+//! MQTT-SN v1.2 wire format.

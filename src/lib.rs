@@ -1,0 +1,26 @@
+//! mqttsn-gateway: an MQTT-SN v1.2 gateway between constrained devices (UDP, serial radios) and an
+//! MQTT broker.
+//!
+//! # Architecture
+//! A pure, deterministic protocol core (no sockets, no clock reads: time comes in with every
+//! input) surrounded by thin IO adapters:
+//!
+//! ```text
+//!  UDP / serial adapters ──frames + peer + now──▶ engine ◀──bytes──▶ upstream MQTT connection(s)
+//!                        ◀──frames to send, timers, events──
+//! ```
+//!
+//! # Module map
+//! - [`codec`]: the MQTT-SN v1.2 wire format (every message, both length forms, forwarder
+//!   encapsulation); total decoding with typed errors.
+//! - [`config`]: the `gateway.toml` schema, defaults and validation with errors naming file, key and line.
+//! - [`time`]: the core's own virtual clock types (milliseconds since start).
+//! - [`transcript`]: the text format of timestamped frames between named peers, used for recordings
+//!   and for tests replayed on virtual time.
+//! - [`hex`]: hex parsing and formatting shared by the CLI and transcripts.
+
+pub mod codec;
+pub mod config;
+pub mod hex;
+pub mod time;
+pub mod transcript;

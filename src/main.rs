@@ -1,0 +1,2 @@
+//! The `mqttsn-gateway` command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Integration tests, one binary with a module per area (faster to build than one binary each).
