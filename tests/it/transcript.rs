@@ -1,0 +1,1 @@
+//! Tests of the transcript format, parser and replay harness.
