@@ -2,3 +2,5 @@
 
 mod config;
 mod transcript;
+mod codec_props;
+mod codec_vectors;
