@@ -17,10 +17,12 @@
 //! - [`time`]: the core's own virtual clock types (milliseconds since start).
 //! - [`transcript`]: the text format of timestamped frames between named peers, used for recordings
 //!   and for tests replayed on virtual time.
+//! - [`decode_tool`]: the `decode` subcommand (hex frames to text or JSON).
 //! - [`hex`]: hex parsing and formatting shared by the CLI and transcripts.
 
 pub mod codec;
 pub mod config;
+pub mod decode_tool;
 pub mod hex;
 pub mod time;
 pub mod transcript;

@@ -1,0 +1,416 @@
+//! The `gateway.toml` schema: the typed configuration, its defaults, loading with validation, and
+//! printing the effective configuration back as TOML.
+//!
+//! Loading takes two steps. The text is first deserialized into a mirror of the file (`file`
+//! module: every key optional, every value with its position), which is where unknown keys and
+//! wrongly typed values are caught, named by key path and line. The mirror is then checked and
+//! turned into [`Config`], whose values already have the types the gateway uses and whose
+//! cross-key rules hold (a password needs a username, TLS files need `mqtts://`, ...). Defaults
+//! are filled in during that second step from the `Default` impls and [`SerialConfig::new`] at the
+//! end of this file, which are the only place defaults are written down.
+//!
+//! The shipped, commented example is `gateway.toml` at the repository root.
+
+mod error;
+mod file;
+mod print;
+mod value;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::time::Duration;
+
+pub use error::ConfigError;
+pub use value::{parse_duration, UpstreamUrl, UrlError};
+
+/// The whole gateway configuration, validated, with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[gateway]`: identity and client-facing behaviour.
+    pub gateway: GatewayConfig,
+    /// `[[udp]]`: UDP listeners. Never empty unless serial ports are configured.
+    pub udp: Vec<UdpConfig>,
+    /// `[[serial]]`: serial ports with radios or directly attached devices.
+    pub serial: Vec<SerialConfig>,
+    /// `[upstream]`: the MQTT broker side.
+    pub upstream: UpstreamConfig,
+    /// `[[predefined]]`: topic ids known to clients without registering.
+    pub predefined: Vec<PredefinedTopic>,
+    /// `[timers]`: protocol timers.
+    pub timers: TimersConfig,
+    /// `[sleep]`: buffering for sleeping clients.
+    pub sleep: SleepConfig,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`] if the file cannot be read, [`ConfigError::Invalid`] (naming the
+    /// file, line, column and key) if it is not a valid configuration.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+            file: path.to_path_buf(),
+            error,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `origin` names it in error messages (usually
+    /// the file name).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for bad TOML, an unknown key, a value of the wrong type or out of
+    /// range, or keys that do not go together.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        file::parse(text, origin)
+    }
+
+    /// The effective configuration as TOML: every key with the value in force, defaults included,
+    /// unset optional keys as comments. Loading the output gives back an equal `Config`.
+    ///
+    /// Note that this includes `upstream.password` if one is set.
+    pub fn to_toml_string(&self) -> String {
+        print::to_toml(self)
+    }
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// The gateway id sent in ADVERTISE and GWINFO.
+    pub id: u8,
+    /// How clients map to broker connections.
+    pub mode: Mode,
+    /// Most clients connected (or asleep) at once; more CONNECTs are refused with "congestion".
+    pub max_clients: usize,
+    /// Longest accepted client id in bytes. The spec says 1 to 23; most clients and brokers
+    /// accept more.
+    pub client_id_max_len: u16,
+    /// Accept the nonstandard QoS -1 PUBLISH that carries a long topic name (topic id type
+    /// "normal" with the name in place of the id) some client libraries send.
+    pub qos_minus1_long_topic: bool,
+    /// Broadcast ADVERTISE every `timers.t_adv` on the listeners that have a broadcast address.
+    pub advertise: bool,
+}
+
+/// How the gateway carries clients to the broker (`gateway.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One broker connection per client, under the client's own id (plus the prefix).
+    Transparent,
+    /// All clients share one broker connection.
+    Aggregating,
+}
+
+/// One `[[udp]]` listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UdpConfig {
+    /// Local address to receive datagrams on.
+    pub bind: SocketAddr,
+    /// Where ADVERTISE and GWINFO broadcasts go: an IPv4 broadcast or an IPv4 or IPv6 multicast
+    /// address, of the same family as `bind`. `None`: this listener does not broadcast.
+    pub broadcast: Option<SocketAddr>,
+    /// The interface multicast broadcasts leave by; only with a multicast `broadcast`. `None`:
+    /// the operating system's choice.
+    pub multicast_interface: Option<MulticastInterface>,
+}
+
+/// A network interface, as `udp.multicast_interface` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MulticastInterface {
+    /// An interface index (as `ip link` shows it).
+    Index(u32),
+    /// An interface name like `eth0`, or for IPv4 the interface's address.
+    Name(String),
+}
+
+/// One `[[serial]]` port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialConfig {
+    /// The device, like `/dev/ttyUSB0` or `COM3`.
+    pub port: String,
+    /// Line speed in bits per second.
+    pub baud: u32,
+    /// Data bits per character, 5 to 8.
+    pub data_bits: u8,
+    /// Parity bit.
+    pub parity: Parity,
+    /// Stop bits, 1 or 2.
+    pub stop_bits: u8,
+    /// How MQTT-SN messages are delimited on the line.
+    pub framing: Framing,
+    /// Most bytes one frame on this port may carry (radio payload limit); `None`: no limit
+    /// beyond MQTT-SN's own.
+    pub max_payload: Option<usize>,
+}
+
+/// Serial parity (`serial.parity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Parity {
+    /// No parity bit.
+    None,
+    /// Even parity.
+    Even,
+    /// Odd parity.
+    Odd,
+}
+
+/// How MQTT-SN messages are delimited on a serial line (`serial.framing` and the keys that only
+/// apply to one framing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Messages back to back, delimited by their own length field.
+    Raw,
+    /// SLIP (RFC 1055) frames.
+    Slip {
+        /// Each frame ends with a CRC-16 (`slip_crc`).
+        crc: bool,
+    },
+    /// Digi XBee API frames; the device address is the radio's 64-bit address.
+    XbeeApi {
+        /// XBee API mode (`xbee_api_mode`): 1 unescaped, 2 with escaped control bytes.
+        api_mode: u8,
+    },
+}
+
+/// `[upstream]`: the connection to the MQTT broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// The broker.
+    pub url: UpstreamUrl,
+    /// Listen address of the embedded broker; used only when `url` is [`UpstreamUrl::Embedded`].
+    pub embedded_bind: SocketAddr,
+    /// Prepended to the client ids the gateway uses at the broker, so that they can be told
+    /// apart from other clients (and kept out of their way).
+    pub client_id_prefix: String,
+    /// MQTT user name.
+    pub username: Option<String>,
+    /// MQTT password; only with a `username`.
+    pub password: Option<String>,
+    /// MQTT keep-alive of the gateway's own broker connections, in whole seconds from 5s to
+    /// 65535s.
+    pub keep_alive: Duration,
+    /// CA certificates (PEM) to check the broker's certificate with; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS client authentication; comes with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// First delay before reconnecting to the broker; it doubles on each failure...
+    pub reconnect_min: Duration,
+    /// ...up to this.
+    pub reconnect_max: Duration,
+}
+
+/// One `[[predefined]]` topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredefinedTopic {
+    /// The topic id, 1 to 0xFFFE (0 and 0xFFFF are reserved).
+    pub id: u16,
+    /// The topic name it stands for; no wildcards, since clients publish to it.
+    pub topic: String,
+    /// The only client the id applies to; `None`: every client. A client's own entry for an id
+    /// takes precedence over the global one.
+    pub client_id: Option<String>,
+}
+
+/// `[timers]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimersConfig {
+    /// A client is lost when nothing arrives from it within its keep-alive times this factor
+    /// (1.0 to 10.0).
+    pub keep_alive_tolerance: f64,
+    /// T_RETRY: wait for an acknowledgement before retransmitting to a client.
+    pub t_retry: Duration,
+    /// N_RETRY: retransmissions before giving up on a client.
+    pub n_retry: u8,
+    /// T_ADV: interval between ADVERTISE broadcasts, in whole seconds from 1s to 65535s (it is
+    /// sent as a 16-bit number of seconds).
+    pub t_adv: Duration,
+}
+
+/// `[sleep]`: messages held for sleeping clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SleepConfig {
+    /// Most messages held per client.
+    pub max_messages: usize,
+    /// Most payload bytes held per client.
+    pub max_bytes: usize,
+    /// What gives way when a client's buffer is full.
+    pub drop_policy: DropPolicy,
+}
+
+/// What a full sleep buffer does with one more message (`sleep.drop_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropPolicy {
+    /// Drop the oldest held messages to make room: a sleeper wakes to the latest data.
+    DropOldest,
+    /// Refuse the new message: a sleeper wakes to what was held first.
+    DropNewest,
+}
+
+impl Mode {
+    /// The name the configuration file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Transparent => "transparent",
+            Mode::Aggregating => "aggregating",
+        }
+    }
+}
+
+impl Parity {
+    /// The name the configuration file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
+impl Framing {
+    /// The name the configuration file uses for `serial.framing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Framing::Raw => "raw",
+            Framing::Slip { .. } => "slip",
+            Framing::XbeeApi { .. } => "xbee-api",
+        }
+    }
+}
+
+impl DropPolicy {
+    /// The name the configuration file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropPolicy::DropOldest => "drop-oldest",
+            DropPolicy::DropNewest => "drop-newest",
+        }
+    }
+}
+
+// Defaults: every default value of the schema is written here and nowhere else. The shipped
+// `gateway.toml` states them too, and a test checks it agrees.
+
+/// The UDP port MQTT-SN gateways conventionally listen on.
+pub const DEFAULT_UDP_PORT: u16 = 1884;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gateway: GatewayConfig::default(),
+            udp: vec![UdpConfig::default()],
+            serial: Vec::new(),
+            upstream: UpstreamConfig::default(),
+            predefined: Vec::new(),
+            timers: TimersConfig::default(),
+            sleep: SleepConfig::default(),
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            id: 1,
+            mode: Mode::Aggregating,
+            max_clients: 10_000,
+            client_id_max_len: 64,
+            qos_minus1_long_topic: false,
+            advertise: true,
+        }
+    }
+}
+
+impl Default for UdpConfig {
+    /// All IPv4 interfaces on the MQTT-SN port, no broadcasts.
+    fn default() -> Self {
+        UdpConfig {
+            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_UDP_PORT)),
+            broadcast: None,
+            multicast_interface: None,
+        }
+    }
+}
+
+impl SerialConfig {
+    /// The defaults for a port: 9600 8N1, raw framing, no payload limit.
+    pub fn new(port: impl Into<String>) -> Self {
+        SerialConfig {
+            port: port.into(),
+            baud: 9600,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            framing: Framing::Raw,
+            max_payload: None,
+        }
+    }
+}
+
+impl Framing {
+    /// SLIP framing with the default options (no CRC).
+    pub const SLIP: Framing = Framing::Slip { crc: false };
+    /// XBee API framing with the default options (API mode 1).
+    pub const XBEE_API: Framing = Framing::XbeeApi { api_mode: 1 };
+
+    /// The payload limit of a port with this framing when `max_payload` is not set.
+    pub fn default_max_payload(self) -> Option<usize> {
+        match self {
+            // What an XBee (802.15.4) radio carries in one unencrypted frame.
+            Framing::XbeeApi { .. } => Some(72),
+            Framing::Raw | Framing::Slip { .. } => None,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: UpstreamUrl::Tcp {
+                host: Ipv4Addr::LOCALHOST.to_string(),
+                port: UpstreamUrl::DEFAULT_TCP_PORT,
+            },
+            embedded_bind: SocketAddr::from((Ipv4Addr::LOCALHOST, UpstreamUrl::DEFAULT_TCP_PORT)),
+            client_id_prefix: String::new(),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(60),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        TimersConfig {
+            keep_alive_tolerance: 1.5,
+            t_retry: Duration::from_secs(10),
+            n_retry: 3,
+            t_adv: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl Default for SleepConfig {
+    fn default() -> Self {
+        SleepConfig {
+            max_messages: 100,
+            max_bytes: 65_536,
+            drop_policy: DropPolicy::DropOldest,
+        }
+    }
+}

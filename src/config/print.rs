@@ -1,0 +1,155 @@
+//! Writes a [`Config`] back as TOML: the effective configuration with every key spelled out, for
+//! people to read (`--print-config` style) and for the loader to read back.
+
+use std::fmt::Display;
+use std::path::Path;
+
+use super::{Config, Framing, MulticastInterface};
+
+/// See [`Config::to_toml_string`].
+pub(super) fn to_toml(config: &Config) -> String {
+    let mut out = Out(String::from(
+        "# Effective mqttsn-gateway configuration: every key with the value in force.\n",
+    ));
+
+    // An empty list must be written out, since an absent `[[udp]]` means the default listener.
+    // As a top-level key it has to come before the first table.
+    if config.udp.is_empty() {
+        out.raw("udp", "[]");
+    }
+
+    let g = &config.gateway;
+    out.table("[gateway]");
+    out.raw("id", g.id);
+    out.string("mode", g.mode.as_str());
+    out.raw("max_clients", g.max_clients);
+    out.raw("client_id_max_len", g.client_id_max_len);
+    out.raw("qos_minus1_long_topic", g.qos_minus1_long_topic);
+    out.raw("advertise", g.advertise);
+
+    for udp in &config.udp {
+        out.table("[[udp]]");
+        out.string("bind", &udp.bind.to_string());
+        match udp.broadcast {
+            Some(address) => out.string("broadcast", &address.to_string()),
+            None => out.unset("broadcast", "no broadcasts"),
+        }
+        match &udp.multicast_interface {
+            Some(MulticastInterface::Index(index)) => out.raw("multicast_interface", index),
+            Some(MulticastInterface::Name(name)) => out.string("multicast_interface", name),
+            None => out.unset("multicast_interface", "the system's choice"),
+        }
+    }
+
+    if config.serial.is_empty() {
+        out.0.push('\n');
+        out.comment("no [[serial]] ports");
+    }
+    for serial in &config.serial {
+        out.table("[[serial]]");
+        out.string("port", &serial.port);
+        out.raw("baud", serial.baud);
+        out.raw("data_bits", serial.data_bits);
+        out.string("parity", serial.parity.as_str());
+        out.raw("stop_bits", serial.stop_bits);
+        out.string("framing", serial.framing.as_str());
+        match serial.framing {
+            Framing::Raw => {}
+            Framing::Slip { crc } => out.raw("slip_crc", crc),
+            Framing::XbeeApi { api_mode } => out.raw("xbee_api_mode", api_mode),
+        }
+        match serial.max_payload {
+            Some(limit) => out.raw("max_payload", limit),
+            None => out.unset("max_payload", "no limit"),
+        }
+    }
+
+    let u = &config.upstream;
+    out.table("[upstream]");
+    out.string("url", &u.url.to_string());
+    out.string("embedded_bind", &u.embedded_bind.to_string());
+    out.string("client_id_prefix", &u.client_id_prefix);
+    out.optional("username", u.username.as_deref());
+    out.optional("password", u.password.as_deref());
+    out.string("keep_alive", &u.keep_alive.to_string());
+    out.optional_path("ca_file", u.ca_file.as_deref());
+    out.optional_path("client_cert", u.client_cert.as_deref());
+    out.optional_path("client_key", u.client_key.as_deref());
+    out.string("reconnect_min", &u.reconnect_min.to_string());
+    out.string("reconnect_max", &u.reconnect_max.to_string());
+
+    if config.predefined.is_empty() {
+        out.0.push('\n');
+        out.comment("no [[predefined]] topics");
+    }
+    for predefined in &config.predefined {
+        out.table("[[predefined]]");
+        out.raw("id", predefined.id);
+        out.string("topic", &predefined.topic);
+        match &predefined.client_id {
+            Some(client_id) => out.string("client_id", client_id),
+            None => out.unset("client_id", "every client"),
+        }
+    }
+
+    let t = &config.timers;
+    out.table("[timers]");
+    out.raw(
+        "keep_alive_tolerance",
+        toml::Value::Float(t.keep_alive_tolerance),
+    );
+    out.string("t_retry", &t.t_retry.to_string());
+    out.raw("n_retry", t.n_retry);
+    out.string("t_adv", &t.t_adv.to_string());
+
+    let s = &config.sleep;
+    out.table("[sleep]");
+    out.raw("max_messages", s.max_messages);
+    out.raw("max_bytes", s.max_bytes);
+    out.string("drop_policy", s.drop_policy.as_str());
+
+    out.0
+}
+
+struct Out(String);
+
+impl Out {
+    fn table(&mut self, header: &str) {
+        self.0.push('\n');
+        self.0.push_str(header);
+        self.0.push('\n');
+    }
+
+    /// A value whose `Display` is already TOML (numbers, booleans, TOML values).
+    fn raw(&mut self, key: &str, value: impl Display) {
+        self.0.push_str(&format!("{key} = {value}\n"));
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        // toml's own writer does the quoting and escaping.
+        self.raw(key, toml::Value::String(value.to_owned()));
+    }
+
+    fn optional(&mut self, key: &str, value: Option<&str>) {
+        match value {
+            Some(value) => self.string(key, value),
+            None => self.comment(&format!("{key}: unset")),
+        }
+    }
+
+    fn optional_path(&mut self, key: &str, value: Option<&Path>) {
+        // Paths came from TOML strings, so they are UTF-8 unless built in code.
+        self.optional(key, value.map(|path| path.to_string_lossy()).as_deref());
+    }
+
+    /// An optional key that is not set, as a comment saying what that means.
+    fn unset(&mut self, key: &str, meaning: &str) {
+        self.comment(&format!("{key}: unset ({meaning})"));
+    }
+
+    fn comment(&mut self, text: &str) {
+        self.0.push_str("# ");
+        self.0.push_str(text);
+        self.0.push('\n');
+    }
+}
