@@ -13,7 +13,11 @@ struct Data<'a>(&'a [u8]);
 impl fmt::Display for Data<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match std::str::from_utf8(self.0) {
-            Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+            Ok(text)
+                if !text
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t') =>
+            {
                 write!(f, "{text:?}")
             }
             _ => write!(f, "0x{}", hex::format_compact(self.0)),

@@ -57,9 +57,11 @@ impl<'a> Frame<'a> {
                 "length octet is below the 3-octet minimum",
             ));
         }
-        let header = bytes.get(..header_len).ok_or(DecodeError::BadEncapsulation(
-            "frame ends inside the encapsulation header",
-        ))?;
+        let header = bytes
+            .get(..header_len)
+            .ok_or(DecodeError::BadEncapsulation(
+                "frame ends inside the encapsulation header",
+            ))?;
         let inner = &bytes[header_len..];
         if inner.is_empty() {
             return Err(DecodeError::BadEncapsulation("no message after the header"));
@@ -83,9 +85,7 @@ impl<'a> Frame<'a> {
 
     /// The number of bytes [`Frame::encode`] writes.
     pub fn encoded_len(&self) -> usize {
-        self.forwarder
-            .map_or(0, |f| MIN_HEADER + f.node_id.len())
-            + self.message.encoded_len()
+        self.forwarder.map_or(0, |f| MIN_HEADER + f.node_id.len()) + self.message.encoded_len()
     }
 
     /// Appends the encoded frame to `out` and returns its length.

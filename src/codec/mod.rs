@@ -41,36 +41,60 @@ pub struct DecodeOptions {
 #[allow(missing_docs)]
 pub enum Message<'a> {
     Advertise(Advertise),
-    SearchGw { radius: u8 },
+    SearchGw {
+        radius: u8,
+    },
     GwInfo(GwInfo<'a>),
     Connect(Connect<'a>),
-    ConnAck { return_code: ReturnCode },
+    ConnAck {
+        return_code: ReturnCode,
+    },
     WillTopicReq,
     /// `None` is the empty WILLTOPIC that deletes the will.
     WillTopic(Option<WillTopic<'a>>),
     WillMsgReq,
-    WillMsg { msg: &'a [u8] },
+    WillMsg {
+        msg: &'a [u8],
+    },
     Register(Register<'a>),
     RegAck(RegAck),
     Publish(Publish<'a>),
     PubAck(PubAck),
-    PubComp { msg_id: u16 },
-    PubRec { msg_id: u16 },
-    PubRel { msg_id: u16 },
+    PubComp {
+        msg_id: u16,
+    },
+    PubRec {
+        msg_id: u16,
+    },
+    PubRel {
+        msg_id: u16,
+    },
     Subscribe(Subscribe<'a>),
     SubAck(SubAck),
     Unsubscribe(Unsubscribe<'a>),
-    UnsubAck { msg_id: u16 },
+    UnsubAck {
+        msg_id: u16,
+    },
     /// With a client id when a sleeping client wakes up to fetch its messages.
-    PingReq { client_id: Option<&'a str> },
+    PingReq {
+        client_id: Option<&'a str>,
+    },
     PingResp,
     /// With a duration when the client goes to sleep.
-    Disconnect { duration: Option<u16> },
+    Disconnect {
+        duration: Option<u16>,
+    },
     /// `None` is the empty WILLTOPICUPD that deletes the will.
     WillTopicUpd(Option<WillTopic<'a>>),
-    WillTopicResp { return_code: ReturnCode },
-    WillMsgUpd { msg: &'a [u8] },
-    WillMsgResp { return_code: ReturnCode },
+    WillTopicResp {
+        return_code: ReturnCode,
+    },
+    WillMsgUpd {
+        msg: &'a [u8],
+    },
+    WillMsgResp {
+        return_code: ReturnCode,
+    },
 }
 
 impl<'a> Message<'a> {
@@ -95,7 +119,18 @@ impl<'a> Message<'a> {
         Ok(match msg_type {
             T::Advertise => Message::Advertise(Advertise::decode(body)?),
             T::SearchGw => Message::SearchGw {
-                radius: fixed_u8(msg_type, body)?,
+                radius: match body {
+                    [radius] => *radius,
+                    // The PyPI `mqttsn` client packs Radius as a 16-bit number: accept it.
+                    [0, radius] => *radius,
+                    _ => {
+                        return Err(DecodeError::BodyLength {
+                            msg_type,
+                            expected: "exactly 1 (or a 16-bit radius below 256)",
+                            got: body.len(),
+                        })
+                    }
+                },
             },
             T::GwInfo => Message::GwInfo(GwInfo::decode(body)?),
             T::Connect => Message::Connect(Connect::decode(body)?),
@@ -296,21 +331,9 @@ impl<'a> Message<'a> {
 }
 
 /// A body that must be empty.
-fn empty<'a>(
-    msg_type: MsgType,
-    body: &[u8],
-    msg: Message<'a>,
-) -> Result<Message<'a>, DecodeError> {
+fn empty<'a>(msg_type: MsgType, body: &[u8], msg: Message<'a>) -> Result<Message<'a>, DecodeError> {
     Reader::new(msg_type, body, "exactly 0").finish()?;
     Ok(msg)
-}
-
-/// A body that is exactly one octet.
-fn fixed_u8(msg_type: MsgType, body: &[u8]) -> Result<u8, DecodeError> {
-    let mut r = Reader::new(msg_type, body, "exactly 1");
-    let v = r.u8()?;
-    r.finish()?;
-    Ok(v)
 }
 
 /// A body that is exactly one 16-bit integer (a MsgId).

@@ -124,7 +124,10 @@ impl<'a> Publish<'a> {
 }
 
 /// Reads a return code octet, rejecting the reserved values.
-pub(super) fn return_code(r: &mut Reader<'_>, msg_type: MsgType) -> Result<ReturnCode, DecodeError> {
+pub(super) fn return_code(
+    r: &mut Reader<'_>,
+    msg_type: MsgType,
+) -> Result<ReturnCode, DecodeError> {
     let code = r.u8()?;
     ReturnCode::from_code(code).ok_or(DecodeError::ReservedReturnCode { msg_type, code })
 }

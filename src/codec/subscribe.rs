@@ -164,7 +164,11 @@ impl<'a> Unsubscribe<'a> {
     }
 
     pub(super) fn write_body(&self, out: &mut impl BufMut) {
-        out.put_u8(Flags::default().with_topic_id_type(self.topic.topic_id_type()).0);
+        out.put_u8(
+            Flags::default()
+                .with_topic_id_type(self.topic.topic_id_type())
+                .0,
+        );
         out.put_u16(self.msg_id);
         self.topic.write(out);
     }

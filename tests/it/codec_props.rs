@@ -108,7 +108,12 @@ fn build(f: &Fields) -> Message<'_> {
             topic,
         })
     };
-    let unsubscribe = |topic| Message::Unsubscribe(Unsubscribe { msg_id: f.n1, topic });
+    let unsubscribe = |topic| {
+        Message::Unsubscribe(Unsubscribe {
+            msg_id: f.n1,
+            topic,
+        })
+    };
     match f.kind {
         0 => Message::Advertise(Advertise {
             gw_id: f.small,

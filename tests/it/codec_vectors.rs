@@ -260,6 +260,15 @@ fn length_form_boundary_is_exactly_255() {
 }
 
 #[test]
+fn searchgw_with_a_16_bit_radius_from_the_pypi_mqttsn_client() {
+    assert_eq!(
+        Message::decode(&bytes("04 01 00 01")).unwrap(),
+        Message::SearchGw { radius: 1 }
+    );
+    assert!(Message::decode(&bytes("04 01 01 01")).is_err());
+}
+
+#[test]
 fn three_octet_form_is_accepted_for_short_messages() {
     // PINGRESP in the 3-octet form: legal, though nobody should send it.
     assert_eq!(

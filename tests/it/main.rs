@@ -1,6 +1,8 @@
 //! Integration tests, one binary with a module per area (faster to build than one binary each).
+#![allow(clippy::unwrap_used)]
 
-mod config;
-mod transcript;
 mod codec_props;
 mod codec_vectors;
+mod config;
+mod fixture_frames;
+mod transcript;
