@@ -75,7 +75,10 @@ mod tests {
 
     #[test]
     fn good_and_bad_frames_each_get_a_line() {
-        let (text, bad) = run(&["09 0C 20 00 01 00 01 68 69", "05 17", "zz", "", "02 17"], false);
+        let (text, bad) = run(
+            &["09 0C 20 00 01 00 01 68 69", "05 17", "zz", "", "02 17"],
+            false,
+        );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(bad, 2);
         assert_eq!(lines.len(), 4);
