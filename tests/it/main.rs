@@ -1,6 +1,7 @@
 //! Integration tests, one binary with a module per area (faster to build than one binary each).
 #![allow(clippy::unwrap_used)]
 
+mod cli;
 mod codec_props;
 mod codec_vectors;
 mod config;

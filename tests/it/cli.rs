@@ -1,0 +1,112 @@
+//! The command line as a user runs it: output, exit codes and error messages of `decode` and
+//! `check-config`.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn gateway(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqttsn-gateway"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn decode_prints_one_line_per_frame_and_fails_on_a_bad_one() {
+    let out = gateway(
+        &[
+            "decode",
+            "09 0C 20 00 01 00 01 68 69",
+            "02 03",
+            "04 18 01 2C",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "PUBLISH qos=1 retain=false dup=false topic_id=1(normal) msg_id=1 payload=\"hi\" (2 bytes)\n\
+         error: reserved message type 0x03 [02 03]\n\
+         DISCONNECT duration=300\n"
+    );
+}
+
+#[test]
+fn decode_reads_stdin_and_writes_json() {
+    let out = gateway(
+        &["decode", "--json", "-"],
+        Some("03 05 00\n\n08 12 20 00 02 73 2F 23\n"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["type"], "CONNACK");
+    assert_eq!(lines[1]["type"], "SUBSCRIBE");
+    assert_eq!(lines[1]["topic_name"], "s/#");
+    assert_eq!(lines[1]["qos"], 1);
+}
+
+#[test]
+fn decode_long_topic_switch() {
+    let frame = "0C 0C 60 00 03 00 00 61 2F 62 68 69";
+    let plain = stdout(&gateway(&["decode", frame], None));
+    let long = stdout(&gateway(&["decode", "--long-topic", frame], None));
+    assert!(plain.contains("topic_id=3(normal)"), "{plain}");
+    assert!(long.contains("topic=\"a/b\"(long name)"), "{long}");
+}
+
+#[test]
+fn check_config_prints_the_effective_config() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml");
+    let out = gateway(&["check-config", shipped], None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("[gateway]") && text.contains("1884"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_errors_exit_2_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("mqttsn-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[predefined]]\nid = 5\ntopic = \"a\"\n[[predefined]]\nid = 5\ntopic = \"b\"\n",
+    )
+    .unwrap();
+    let out = gateway(&["check-config", bad.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("bad.toml:5:"), "{err}");
+    assert!(err.contains("duplicate predefined id 5"), "{err}");
+    let missing = gateway(
+        &["check-config", dir.join("nope.toml").to_str().unwrap()],
+        None,
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_command_line_exits_2() {
+    let out = gateway(&["decode", "--bogus"], None);
+    assert_eq!(out.status.code(), Some(2));
+}
