@@ -18,11 +18,13 @@
 //! - [`transcript`]: the text format of timestamped frames between named peers, used for recordings
 //!   and for tests replayed on virtual time.
 //! - [`decode_tool`]: the `decode` subcommand (hex frames to text or JSON).
+//! - [`engine`]: the deterministic gateway core (sessions, topic ids, sleep buffers, upstream MQTT state).
 //! - [`hex`]: hex parsing and formatting shared by the CLI and transcripts.
 
 pub mod codec;
 pub mod config;
 pub mod decode_tool;
+pub mod engine;
 pub mod hex;
 pub mod time;
 pub mod transcript;

@@ -1,6 +1,7 @@
-//! Transcripts (`.snlog`): timestamped frames between the gateway and named peers, as text that
-//! people read and diff, that the gateway writes while it runs (`--record`), and that tests replay
-//! on virtual time ([`replay`]).
+//! Transcripts (`.snlog`): timestamped frames between the gateway and named peers, and the life
+//! cycle of the gateway's upstream broker connections, as text that people read and diff, that
+//! the gateway writes while it runs (`--record`), and that tests replay on virtual time
+//! ([`replay`]).
 //!
 //! This module owns the format only: the data model, the parser ([`Transcript::parse`]), the
 //! writers ([`Transcript`]'s `Display` and the streaming [`TranscriptWriter`]) and the replay
@@ -18,9 +19,13 @@
 //! @peer brk-dev1 broker dev1                              # dev1's own upstream connection
 //! @config gateway.mode = "transparent"
 //! @tolerance 0.100
+//! 0.000    gw > brk     !open                     # the gateway asks for a connection
 //! 0.000    dev1 > gw    08 04 04 01 00 3C 73 31   # CONNECT "s1" keep-alive 60
 //! 0.000    gw > dev1    03 05 00                  # CONNACK accepted
+//! 0.020    brk > gw     !up                       # the driver reports it up
+//! 0.020    gw > brk     10 0E 00 04 4D 51 54 54 04 02 00 3C 00 02 67 77   # MQTT CONNECT
 //! 12.000   gw > dev1    07 0B ?? ?? 00 01 00      # a byte that may vary
+//! 20.000   brk > gw     !down                     # the connection dropped
 //! @end 30.000
 //! ```
 //!
@@ -43,7 +48,7 @@
 //!   - `broker [CLIENT]`: an upstream MQTT connection; without `CLIENT` the shared one
 //!     (aggregating mode), with it the connection the gateway opened for the device peer named
 //!     `CLIENT` (transparent mode; `CLIENT` must be declared earlier). Broker lines carry MQTT
-//!     bytes.
+//!     bytes or control entries.
 //! - **`@config KEY = VALUE`**: a setting applied on top of the defaults for the replay; `KEY` is
 //!   a dotted TOML key, `VALUE` one TOML value on the same line (kept as raw text, checked to be
 //!   valid TOML). Each key at most once; the position in the file does not matter.
@@ -58,9 +63,15 @@
 //!   (`08 04`, also `0804` or `0x08`); on `gw >` lines only, `??` stands for one byte that may
 //!   legitimately vary. A trailing comment is kept with the frame (the writer puts a decoded
 //!   summary there).
+//! - **`TIME FROM > TO !CONTROL [# comment]`**: a control entry ([`Control`]), only on broker
+//!   peers, with no bytes. Inputs report what happened to the connection: `BRK > gw !up` (the
+//!   TCP connection to the broker is up), `BRK > gw !down` (it dropped). Outputs are what the
+//!   gateway asks of it: `gw > BRK !open` (connect), `gw > BRK !close` (flush, then close
+//!   gracefully), `gw > BRK !abort` (drop at once, without an MQTT DISCONNECT). Times, order and
+//!   comments work as for frames, and expected control outputs are compared like frames.
 //!
 //! The canonical form ([`Transcript`]'s `Display`) writes peers, config, tolerance, a blank line,
-//! the frames in aligned columns and then `@end`; it parses back to an equal transcript.
+//! the entries in aligned columns and then `@end`; it parses back to an equal transcript.
 
 mod parse;
 pub mod replay;
@@ -77,14 +88,14 @@ pub use write::TranscriptWriter;
 /// The name that stands for the gateway itself on frame lines.
 pub const GATEWAY: &str = "gw";
 
-/// A parsed transcript: declared peers, replay settings and the frames in file order.
+/// A parsed transcript: declared peers, replay settings and the entries in file order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Transcript {
     /// Declared peers, in declaration order.
     pub peers: Vec<Peer>,
     /// `@config` settings as (dotted key, raw TOML value text), in file order.
     pub config: Vec<(String, String)>,
-    /// Frames in file order (times never decrease).
+    /// Frame and control entries in file order (times never decrease).
     pub entries: Vec<Entry>,
     /// `@end`: how long to keep firing timers after the last frame.
     pub end: Option<Instant>,
@@ -129,18 +140,18 @@ pub enum PeerKind {
     },
 }
 
-/// One frame line.
+/// One frame or control line.
 ///
 /// Equality ignores [`Entry::line`]: two entries are equal when they say the same thing,
 /// wherever they were written.
 #[derive(Debug, Clone, Eq)]
 pub struct Entry {
-    /// When the frame was sent.
+    /// When the frame was sent (or the control event happened).
     pub at: Instant,
     /// Input to the gateway or output from it, and the peer on the other side.
     pub direction: Direction,
-    /// The frame's bytes (wildcards only in outputs).
-    pub bytes: FramePattern,
+    /// What was sent: frame bytes (wildcards only in outputs) or a control event.
+    pub payload: Payload,
     /// The trailing comment, without `#` and surrounding spaces.
     pub comment: Option<String>,
     /// 1-based line in the source text; 0 for entries not read from text.
@@ -151,7 +162,7 @@ impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
         self.at == other.at
             && self.direction == other.direction
-            && self.bytes == other.bytes
+            && self.payload == other.payload
             && self.comment == other.comment
     }
 }
@@ -285,13 +296,121 @@ impl fmt::Display for FramePattern {
     }
 }
 
+/// A control entry: an event in the life cycle of an upstream broker connection, between the
+/// gateway engine and the driver that owns the sockets. Only broker peers have them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Control {
+    /// `BRK > gw !up`: the TCP connection to the broker is up (input).
+    Up,
+    /// `BRK > gw !down`: the connection dropped (input).
+    Down,
+    /// `gw > BRK !open`: the gateway asks for a connection to be opened (output).
+    Open,
+    /// `gw > BRK !close`: the gateway asks for a graceful close: flush what was sent, then close
+    /// (output).
+    Close,
+    /// `gw > BRK !abort`: the gateway asks for the connection to be dropped at once, without an
+    /// MQTT DISCONNECT (output).
+    Abort,
+}
+
+impl Control {
+    /// Every control, inputs first.
+    pub const ALL: [Control; 5] = [
+        Control::Up,
+        Control::Down,
+        Control::Open,
+        Control::Close,
+        Control::Abort,
+    ];
+
+    /// The keyword without `!`: `up`, `down`, `open`, `close`, `abort`.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Control::Up => "up",
+            Control::Down => "down",
+            Control::Open => "open",
+            Control::Close => "close",
+            Control::Abort => "abort",
+        }
+    }
+
+    /// The control written as `token` (`!up`, ...), if it is one.
+    pub fn from_token(token: &str) -> Option<Control> {
+        let keyword = token.strip_prefix('!')?;
+        Control::ALL.into_iter().find(|c| c.keyword() == keyword)
+    }
+
+    /// Whether this control is reported to the gateway (`!up`, `!down`) rather than asked by it
+    /// (`!open`, `!close`, `!abort`).
+    pub fn is_input(self) -> bool {
+        matches!(self, Control::Up | Control::Down)
+    }
+}
+
+impl fmt::Display for Control {
+    /// `!up`, `!down`, `!open`, `!close` or `!abort`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "!{}", self.keyword())
+    }
+}
+
+/// What an entry carries: frame bytes, or a control event of a broker connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Payload {
+    /// Frame bytes (MQTT-SN for devices, MQTT for brokers); wildcards only in outputs.
+    Frame(FramePattern),
+    /// A control entry (broker peers only).
+    Control(Control),
+}
+
+impl Payload {
+    /// The frame pattern, if this is a frame.
+    pub fn frame(&self) -> Option<&FramePattern> {
+        match self {
+            Payload::Frame(pattern) => Some(pattern),
+            Payload::Control(_) => None,
+        }
+    }
+
+    /// The control, if this is a control entry.
+    pub fn control(&self) -> Option<Control> {
+        match self {
+            Payload::Frame(_) => None,
+            Payload::Control(control) => Some(*control),
+        }
+    }
+}
+
+impl From<FramePattern> for Payload {
+    fn from(pattern: FramePattern) -> Self {
+        Payload::Frame(pattern)
+    }
+}
+
+impl From<Control> for Payload {
+    fn from(control: Control) -> Self {
+        Payload::Control(control)
+    }
+}
+
+impl fmt::Display for Payload {
+    /// The bytes as [`FramePattern`] writes them, or the control as `!open` etc.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::Frame(pattern) => pattern.fmt(f),
+            Payload::Control(control) => control.fmt(f),
+        }
+    }
+}
+
 impl Entry {
     /// A frame fed to the gateway by `from`.
     pub fn input(at: Instant, from: impl Into<String>, bytes: &[u8]) -> Self {
         Entry {
             at,
             direction: Direction::Input { from: from.into() },
-            bytes: FramePattern::exact(bytes),
+            payload: Payload::Frame(FramePattern::exact(bytes)),
             comment: None,
             line: 0,
         }
@@ -302,7 +421,29 @@ impl Entry {
         Entry {
             at,
             direction: Direction::Output { to: to.into() },
-            bytes: FramePattern::exact(bytes),
+            payload: Payload::Frame(FramePattern::exact(bytes)),
+            comment: None,
+            line: 0,
+        }
+    }
+
+    /// A control reported to the gateway by the broker peer `from` (`!up`, `!down`).
+    pub fn input_control(at: Instant, from: impl Into<String>, control: Control) -> Self {
+        Entry {
+            at,
+            direction: Direction::Input { from: from.into() },
+            payload: Payload::Control(control),
+            comment: None,
+            line: 0,
+        }
+    }
+
+    /// A control the gateway asks of the broker peer `to` (`!open`, `!close`, `!abort`).
+    pub fn output_control(at: Instant, to: impl Into<String>, control: Control) -> Self {
+        Entry {
+            at,
+            direction: Direction::Output { to: to.into() },
+            payload: Payload::Control(control),
             comment: None,
             line: 0,
         }
@@ -314,9 +455,19 @@ impl Entry {
         self
     }
 
-    /// The frame's bytes, or `None` if it has wildcards.
+    /// The frame's bytes, or `None` if it has wildcards or is a control entry.
     pub fn exact_bytes(&self) -> Option<Vec<u8>> {
-        self.bytes.exact_bytes()
+        self.payload.frame().and_then(FramePattern::exact_bytes)
+    }
+
+    /// The frame pattern, or `None` for a control entry.
+    pub fn frame(&self) -> Option<&FramePattern> {
+        self.payload.frame()
+    }
+
+    /// The control, or `None` for a frame.
+    pub fn control(&self) -> Option<Control> {
+        self.payload.control()
     }
 
     /// The peer on the other side of the gateway.
@@ -354,12 +505,12 @@ impl Transcript {
         out
     }
 
-    /// The frames the gateway is expected to send, in order.
+    /// The frames and controls the gateway is expected to send, in order.
     pub fn expected_outputs(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter().filter(|e| !e.direction.is_input())
     }
 
-    /// The frames fed to the gateway, in order.
+    /// The frames and controls fed to the gateway, in order.
     pub fn inputs(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter().filter(|e| e.direction.is_input())
     }
@@ -391,6 +542,22 @@ mod tests {
         let b = a.clone();
         a.line = 42;
         assert_eq!(a, b);
-        assert_ne!(a, b.with_comment("PINGREQ"));
+        assert_ne!(a, b.clone().with_comment("PINGREQ"));
+        let up = Entry::input_control(Instant::from_millis(5), "dev1", Control::Up);
+        assert_ne!(up, b);
+        assert_eq!(up.exact_bytes(), None);
+        assert_eq!(up.control(), Some(Control::Up));
+    }
+
+    #[test]
+    fn controls_are_written_with_a_bang() {
+        for control in Control::ALL {
+            assert_eq!(Control::from_token(&control.to_string()), Some(control));
+        }
+        let inputs: Vec<Control> = Control::ALL.into_iter().filter(|c| c.is_input()).collect();
+        assert_eq!(inputs, [Control::Up, Control::Down]);
+        assert_eq!(Control::from_token("up"), None);
+        assert_eq!(Control::from_token("!UP"), None);
+        assert_eq!(Payload::from(Control::Abort).to_string(), "!abort");
     }
 }

@@ -1,13 +1,15 @@
 //! The `.snlog` parser: text to [`Transcript`], checking everything a replay relies on (declared
-//! peers, one side `gw`, time order, wildcards only in expected outputs) so that the harness
-//! never has to. Total: any input gives a transcript or an error naming the line, never a panic.
+//! peers, one side `gw`, time order, wildcards only in expected outputs, control entries only on
+//! broker peers and in their direction) so that the harness never has to. Total: any input gives a transcript or an error naming the line, never a panic.
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use thiserror::Error;
 
-use super::{Direction, Entry, FramePattern, Peer, PeerKind, Transcript, GATEWAY};
+use super::{
+    Control, Direction, Entry, FramePattern, Payload, Peer, PeerKind, Transcript, GATEWAY,
+};
 use crate::hex::{self, HexError};
 use crate::time::{Duration, Instant};
 
@@ -106,10 +108,42 @@ pub enum TranscriptErrorKind {
     )]
     WildcardInInput,
     /// A frame line without bytes.
-    #[error("no frame bytes after `{direction}`; expected hex bytes like `02 16`")]
+    #[error("no frame bytes after `{direction}`; expected hex bytes like `02 16` (or, for a broker peer, a control entry like `!up`)")]
     EmptyFrame {
         /// The `FROM > TO` part.
         direction: String,
+    },
+    /// A `!word` that is not a control entry.
+    #[error("unknown control entry {token:?}; expected `!up` or `!down` (BROKER > gw) or `!open`, `!close` or `!abort` (gw > BROKER)")]
+    UnknownControl {
+        /// The offending token.
+        token: String,
+    },
+    /// A control entry on a peer that is not a broker connection.
+    #[error("control entry `{control}` for {peer:?}, a {kind} peer; control entries are only for broker peers (`@peer NAME broker [CLIENT]`)")]
+    ControlNotOnBroker {
+        /// The control.
+        control: Control,
+        /// The peer's name.
+        peer: String,
+        /// The peer's kind as declared (`udp`, `udp via-forwarder`, `serial`).
+        kind: &'static str,
+    },
+    /// An input control on a `gw >` line or an output control on a `> gw` line.
+    #[error("`{control}` cannot go `{direction}`: `!up` and `!down` are inputs (BROKER > gw), `!open`, `!close` and `!abort` outputs (gw > BROKER)")]
+    ControlWrongDirection {
+        /// The control.
+        control: Control,
+        /// The `FROM > TO` part.
+        direction: String,
+    },
+    /// Something other than a comment after a control.
+    #[error("unexpected {found:?} after `{control}`; a control entry has no bytes (only a trailing `# comment`)")]
+    BytesAfterControl {
+        /// The control.
+        control: Control,
+        /// What follows it.
+        found: String,
     },
     /// A peer name declared twice.
     #[error("peer {name:?} is already declared on line {first_line}")]
@@ -189,6 +223,25 @@ pub enum TranscriptErrorKind {
         /// The line's first word.
         found: String,
     },
+}
+
+/// How a peer's kind is written in `@peer`, for messages.
+fn kind_word(kind: &PeerKind) -> &'static str {
+    match kind {
+        PeerKind::Udp(_) => "udp",
+        PeerKind::Forwarded { .. } => "udp via-forwarder",
+        PeerKind::Serial { .. } => "serial",
+        PeerKind::Broker { .. } => "broker",
+    }
+}
+
+/// At most the first 40 bytes of `text` (whole characters), for messages.
+fn shorten(text: &str) -> &str {
+    let mut end = text.len().min(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn list(names: &[String]) -> String {
@@ -430,16 +483,21 @@ impl Parser<'_> {
             ));
         }
 
-        let bytes = self.frame_bytes(raw, bytes_text, direction.is_input(), line_no)?;
-        if bytes.is_empty() {
-            return Err(self.error(
-                line_no,
-                Some(column_of(raw, to) + to.chars().count()),
-                TranscriptErrorKind::EmptyFrame {
-                    direction: direction.to_string(),
-                },
-            ));
-        }
+        let payload = if bytes_text.starts_with('!') {
+            Payload::Control(self.control(raw, bytes_text, &direction, peer_name, line_no)?)
+        } else {
+            let bytes = self.frame_bytes(raw, bytes_text, direction.is_input(), line_no)?;
+            if bytes.is_empty() {
+                return Err(self.error(
+                    line_no,
+                    Some(column_of(raw, to) + to.chars().count()),
+                    TranscriptErrorKind::EmptyFrame {
+                        direction: direction.to_string(),
+                    },
+                ));
+            }
+            Payload::Frame(bytes)
+        };
 
         if let Some((previous, previous_line)) = self.last_frame {
             if at < previous {
@@ -458,11 +516,69 @@ impl Parser<'_> {
         self.transcript.entries.push(Entry {
             at,
             direction,
-            bytes,
+            payload,
             comment,
             line: line_no,
         });
         Ok(())
+    }
+
+    /// A control entry: `text` (comment removed) starts with `!`; the peer is declared.
+    fn control(
+        &self,
+        raw: &str,
+        text: &str,
+        direction: &Direction,
+        peer_name: &str,
+        line_no: usize,
+    ) -> Result<Control, TranscriptError> {
+        let (token, extra) = first_word(text);
+        let at = |part: &str| Some(column_of(raw, part));
+        let Some(control) = Control::from_token(token) else {
+            return Err(self.error(
+                line_no,
+                at(token),
+                TranscriptErrorKind::UnknownControl {
+                    token: token.to_string(),
+                },
+            ));
+        };
+        if let Some(peer) = self
+            .transcript
+            .peer(peer_name)
+            .filter(|p| !matches!(p.kind, PeerKind::Broker { .. }))
+        {
+            return Err(self.error(
+                line_no,
+                at(token),
+                TranscriptErrorKind::ControlNotOnBroker {
+                    control,
+                    peer: peer.name.clone(),
+                    kind: kind_word(&peer.kind),
+                },
+            ));
+        }
+        if control.is_input() != direction.is_input() {
+            return Err(self.error(
+                line_no,
+                at(token),
+                TranscriptErrorKind::ControlWrongDirection {
+                    control,
+                    direction: direction.to_string(),
+                },
+            ));
+        }
+        if !extra.is_empty() {
+            return Err(self.error(
+                line_no,
+                at(extra),
+                TranscriptErrorKind::BytesAfterControl {
+                    control,
+                    found: shorten(extra).to_string(),
+                },
+            ));
+        }
+        Ok(control)
     }
 
     fn frame_bytes(
@@ -504,6 +620,9 @@ impl Parser<'_> {
                 Err(HexError::InvalidChar { ch, column: within }) => {
                     let reason = if ch == '?' {
                         "`??` must stand alone, one wildcard byte per `??`".to_string()
+                    } else if ch == '!' && within == 1 {
+                        "a control entry (`!up`, `!open`, ...) stands alone, without bytes"
+                            .to_string()
                     } else {
                         format!("{ch:?} is not a hex digit")
                     };

@@ -2,23 +2,33 @@
 //! a fixture's expected lines from what the engine actually did.
 //!
 //! # How a replay walks time
-//! The harness owns the clock. Before each input line at time `t` it fires every deadline the
-//! engine reports (via [`Replayable::poll_timeout`]) that is `<= t`, in order, calling
+//! The harness owns the clock. It first drains [`Replayable::poll_output`] once at time 0, for
+//! what the engine wants done as it starts (typically `!open` of its broker connection). Before
+//! each input line at time `t` it fires every deadline the engine reports (via
+//! [`Replayable::poll_timeout`]) that is `<= t`, in order, calling
 //! [`Replayable::handle_timeout`] with the deadline as `now` (a deadline already in the past
-//! fires at the current time, so time never goes backwards); then it feeds the input at `t`.
-//! After every call it drains [`Replayable::poll_output`]; each output is stamped with the `now`
-//! of that call. After the last line, timers keep firing up to `@end` (or the last line's time).
+//! fires at the current time, so time never goes backwards); then it feeds the input at `t`
+//! (a frame, or a control entry `!up`/`!down`, as a [`ReplayInput`]). After every call it drains
+//! [`Replayable::poll_output`]; each output is stamped with the `now` of that call. After the
+//! last line, timers keep firing up to `@end` (or the last line's time).
 //!
 //! # How outputs are compared
-//! The actual outputs are compared with the expected (`gw > ...`) lines in order. An output
-//! matches a line when it goes to the same peer, its bytes match the pattern (`??` matches any
-//! byte), and the times differ by at most the tolerance (`@tolerance`, default
+//! The actual outputs ([`ReplayOutput`]: frames, and control entries `!open`, `!close`,
+//! `!abort`) are compared with the expected (`gw > ...`) lines in order. An output matches a line
+//! when it goes to the same peer, its bytes match the pattern (`??` matches any byte) or it is
+//! the same control, and the times differ by at most the tolerance (`@tolerance`, default
 //! [`DEFAULT_TOLERANCE`]). Sequences are aligned like a diff, so one unexpected or missing frame
 //! is reported as [`Difference::Extra`] or [`Difference::Missing`] rather than as every later
 //! line being different. Inputs take effect at exactly their time, so
 //! the tolerance only matters for timer-driven outputs of recordings, whose real timers fired a
 //! little after the computed instant; set `@tolerance 0` for exact fixtures. The first
 //! difference is reported together with the whole actual transcript (see [`ReplayMismatch`]).
+//!
+//! An output to a destination no declared peer is at gets a made-up peer, declared in the actual
+//! transcript (and by blessing): `brokerN` (`@peer brokerN broker [CLIENT]`) for a broker
+//! connection, `undeclaredN` for anything else. A broker connection for a `CLIENT` that is not a
+//! declared device peer cannot be declared that way; blessing then reports that the rewritten
+//! text does not parse.
 
 use std::fmt;
 use std::io;
@@ -27,7 +37,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::write::{entry_line, peer_line};
-use super::{Direction, Entry, Peer, PeerKind, Transcript, TranscriptError};
+use super::{
+    Control, Direction, Entry, FramePattern, Payload, Peer, PeerKind, Transcript, TranscriptError,
+};
 use crate::time::{Duration, Instant};
 
 /// Allowed distance between an output's actual and expected time when the transcript has no
@@ -42,16 +54,76 @@ pub const BLESS_ENV: &str = "MQTTSN_BLESS";
 /// taken to be looping (a replay must end even when the engine under test is broken).
 const RUNAWAY_LIMIT: usize = 10_000;
 
+/// One input line as fed to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayInput<'a> {
+    /// An MQTT-SN frame from a device (encapsulated for [`PeerKind::Forwarded`] peers) or MQTT
+    /// bytes from a [`PeerKind::Broker`] connection.
+    Frame(&'a [u8]),
+    /// What happened to a [`PeerKind::Broker`] connection: [`Control::Up`] or [`Control::Down`]
+    /// (the parser allows no other control on an input line).
+    Control(Control),
+}
+
+/// One thing the engine wants done, as [`Replayable::poll_output`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReplayOutput {
+    /// A frame to send: MQTT-SN to a device (encapsulated for [`PeerKind::Forwarded`] peers) or
+    /// MQTT bytes to a [`PeerKind::Broker`] connection.
+    Frame(Vec<u8>),
+    /// A request about a [`PeerKind::Broker`] connection: [`Control::Open`], [`Control::Close`]
+    /// or [`Control::Abort`].
+    Control(Control),
+}
+
+impl ReplayOutput {
+    /// The entry payload saying exactly this.
+    pub fn to_payload(&self) -> Payload {
+        match self {
+            ReplayOutput::Frame(bytes) => Payload::Frame(FramePattern::exact(bytes)),
+            ReplayOutput::Control(control) => Payload::Control(*control),
+        }
+    }
+}
+
+impl From<Vec<u8>> for ReplayOutput {
+    fn from(bytes: Vec<u8>) -> Self {
+        ReplayOutput::Frame(bytes)
+    }
+}
+
+impl From<&[u8]> for ReplayOutput {
+    fn from(bytes: &[u8]) -> Self {
+        ReplayOutput::Frame(bytes.to_vec())
+    }
+}
+
+impl From<Control> for ReplayOutput {
+    fn from(control: Control) -> Self {
+        ReplayOutput::Control(control)
+    }
+}
+
+/// Whether `output` is what `payload` expects (`??` matching any byte).
+fn payload_matches(payload: &Payload, output: &ReplayOutput) -> bool {
+    match (payload, output) {
+        (Payload::Frame(pattern), ReplayOutput::Frame(bytes)) => pattern.matches(bytes),
+        (Payload::Control(want), ReplayOutput::Control(got)) => want == got,
+        _ => false,
+    }
+}
+
 /// What the replay harness needs from the gateway engine. The engine's own API (`handle_frame`,
 /// `handle_upstream`, `poll_transmit`, `poll_upstream`, ...) maps onto this in a small adapter.
 ///
-/// Call order, as the harness uses it: any number of `input`/`handle_timeout` calls with
+/// Call order, as the harness uses it: `poll_output` until it returns `None` before anything
+/// else (outputs at start, stamped 0); then any number of `input`/`handle_timeout` calls with
 /// non-decreasing `now`, each followed by `poll_output` until it returns `None`;
 /// `poll_timeout` before deciding whether to fire a timer.
 pub trait Replayable {
-    /// Feeds one frame from `from` at `now`: an MQTT-SN frame from a device (encapsulated for
-    /// [`PeerKind::Forwarded`] peers) or MQTT bytes from a [`PeerKind::Broker`] connection.
-    fn input(&mut self, now: Instant, from: &Peer, bytes: &[u8]);
+    /// Feeds one input line from `from` at `now`: a frame, or a control entry of a
+    /// [`PeerKind::Broker`] connection (`!up`, `!down`).
+    fn input(&mut self, now: Instant, from: &Peer, input: ReplayInput<'_>);
 
     /// Lets the engine act on its timers; `now` is the deadline being fired (or later).
     fn handle_timeout(&mut self, now: Instant);
@@ -59,14 +131,15 @@ pub trait Replayable {
     /// The engine's earliest deadline, if it has one.
     fn poll_timeout(&self) -> Option<Instant>;
 
-    /// The next frame the engine wants sent, with its destination in the same terms as the
+    /// The next frame the engine wants sent, or control it wants applied to a broker
+    /// connection (`!open`, `!close`, `!abort`), with its destination in the same terms as the
     /// peers' [`PeerKind`] (the harness resolves it to the declared peer with that kind).
-    fn poll_output(&mut self) -> Option<(PeerKind, Vec<u8>)>;
+    fn poll_output(&mut self) -> Option<(PeerKind, ReplayOutput)>;
 }
 
 impl<T: Replayable + ?Sized> Replayable for &mut T {
-    fn input(&mut self, now: Instant, from: &Peer, bytes: &[u8]) {
-        (**self).input(now, from, bytes);
+    fn input(&mut self, now: Instant, from: &Peer, input: ReplayInput<'_>) {
+        (**self).input(now, from, input);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -77,25 +150,35 @@ impl<T: Replayable + ?Sized> Replayable for &mut T {
         (**self).poll_timeout()
     }
 
-    fn poll_output(&mut self) -> Option<(PeerKind, Vec<u8>)> {
+    fn poll_output(&mut self) -> Option<(PeerKind, ReplayOutput)> {
         (**self).poll_output()
     }
 }
 
-/// A frame the engine sent during a replay.
+/// A frame the engine sent, or a control it asked for, during a replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActualOutput {
     /// When it was sent (the `now` of the call that produced it).
     pub at: Instant,
-    /// The destination peer's name (`undeclaredN` for a destination no peer is declared at).
+    /// The destination peer's name (`brokerN` or `undeclaredN` for a destination no peer is
+    /// declared at).
     pub to: String,
-    /// The frame.
-    pub bytes: Vec<u8>,
+    /// The frame or control.
+    pub output: ReplayOutput,
 }
 
 impl ActualOutput {
-    fn to_entry(&self) -> Entry {
-        Entry::output(self.at, self.to.clone(), &self.bytes)
+    /// The output as a `gw > ...` entry.
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            at: self.at,
+            direction: Direction::Output {
+                to: self.to.clone(),
+            },
+            payload: self.output.to_payload(),
+            comment: None,
+            line: 0,
+        }
     }
 }
 
@@ -111,18 +194,18 @@ pub enum Difference {
         /// What came instead.
         actual: ActualOutput,
     },
-    /// This expected line's frame never came.
+    /// This expected line's frame (or control) never came.
     Missing {
         /// The expected line.
         line: usize,
         /// What it expects.
         expected: Entry,
     },
-    /// The engine sent a frame that no expected line accounts for.
+    /// The engine sent a frame (or asked for a control) that no expected line accounts for.
     Extra {
         /// The line it would follow.
         after_line: usize,
-        /// The frame.
+        /// The output.
         actual: ActualOutput,
     },
     /// An input names a peer the transcript does not declare (only possible for transcripts
@@ -189,20 +272,31 @@ impl fmt::Display for ReplayMismatch {
             } => {
                 let actual_entry = actual.to_entry();
                 let width = pair_width(expected, &actual_entry);
+                // Where the bytes first differ, when both are frames.
+                let byte_difference = match (&expected.payload, &actual.output) {
+                    (Payload::Frame(pattern), ReplayOutput::Frame(bytes)) => pattern
+                        .first_difference(bytes)
+                        .map(|offset| (offset, pattern.len(), bytes.len())),
+                    _ => None,
+                };
                 let reason = if expected.peer() != actual.to {
                     format!("sent to {} instead of {}", actual.to, expected.peer())
-                } else if let Some(offset) = expected.bytes.first_difference(&actual.bytes) {
-                    if expected.bytes.len() != actual.bytes.len()
-                        && offset == expected.bytes.len().min(actual.bytes.len())
-                    {
-                        format!(
-                            "{} bytes instead of {}",
-                            actual.bytes.len(),
-                            expected.bytes.len()
-                        )
+                } else if let Some((offset, want, got)) = byte_difference {
+                    if want != got && offset == want.min(got) {
+                        format!("{got} bytes instead of {want}")
                     } else {
                         format!("byte {offset} differs")
                     }
+                } else if !payload_matches(&expected.payload, &actual.output) {
+                    let describe = |payload: &Payload| match payload {
+                        Payload::Frame(_) => "a frame".to_string(),
+                        Payload::Control(control) => format!("`{control}`"),
+                    };
+                    format!(
+                        "{} instead of {}",
+                        describe(&actual.output.to_payload()),
+                        describe(&expected.payload)
+                    )
                 } else {
                     format!(
                         "sent at {} instead of {} (tolerance {})",
@@ -217,7 +311,7 @@ impl fmt::Display for ReplayMismatch {
                 )?;
                 writeln!(f, "  expected: {}", entry_line(&bare(expected), width, 0))?;
                 writeln!(f, "  actual:   {}", entry_line(&actual_entry, width, 0))?;
-                if let Some(offset) = expected.bytes.first_difference(&actual.bytes) {
+                if let Some((offset, _, _)) = byte_difference {
                     // "  actual:   " + time column + 2 + direction + 2, then 3 characters a byte.
                     let column = 12 + 8 + 2 + width + 2 + offset * 3;
                     writeln!(f, "{:column$}^^", "")?;
@@ -416,7 +510,7 @@ where
     Ok(ReplayOutcome::Blessed)
 }
 
-/// One frame the engine produced, with where it happened relative to the inputs.
+/// One output the engine produced, with where it happened relative to the inputs.
 struct Produced {
     output: ActualOutput,
     /// Index in `transcript.entries` of the last input fed before it.
@@ -462,6 +556,10 @@ fn run<E: Replayable + ?Sized>(transcript: &Transcript, engine: &mut E) -> Run {
 impl<E: Replayable + ?Sized> Runner<'_, E> {
     fn walk(&mut self) {
         let transcript = self.transcript;
+        // What the engine does as it starts, before any input or timer.
+        if !self.drain() {
+            return;
+        }
         for (index, entry) in transcript.entries.iter().enumerate() {
             let Direction::Input { from } = &entry.direction else {
                 continue;
@@ -477,14 +575,19 @@ impl<E: Replayable + ?Sized> Runner<'_, E> {
                 return;
             };
             self.now = self.now.max(entry.at);
-            // The parser keeps wildcards out of inputs; a hand-built one sends 00 there.
-            let bytes: Vec<u8> = entry
-                .bytes
-                .positions()
-                .iter()
-                .map(|b| b.unwrap_or(0))
-                .collect();
-            self.engine.input(self.now, peer, &bytes);
+            match &entry.payload {
+                Payload::Frame(pattern) => {
+                    // The parser keeps wildcards out of inputs; a hand-built one sends 00 there.
+                    let bytes: Vec<u8> =
+                        pattern.positions().iter().map(|b| b.unwrap_or(0)).collect();
+                    self.engine
+                        .input(self.now, peer, ReplayInput::Frame(&bytes));
+                }
+                Payload::Control(control) => {
+                    self.engine
+                        .input(self.now, peer, ReplayInput::Control(*control));
+                }
+            }
             self.run.events.push(Event::Input(index));
             self.last_input = Some(index);
             if !self.drain() {
@@ -528,7 +631,7 @@ impl<E: Replayable + ?Sized> Runner<'_, E> {
     /// Collects everything the engine wants sent now; false if it ran away.
     fn drain(&mut self) -> bool {
         let mut count = 0;
-        while let Some((kind, bytes)) = self.engine.poll_output() {
+        while let Some((kind, output)) = self.engine.poll_output() {
             count += 1;
             if count > RUNAWAY_LIMIT {
                 self.run.stopped = Some(Difference::Runaway {
@@ -543,7 +646,7 @@ impl<E: Replayable + ?Sized> Runner<'_, E> {
                 output: ActualOutput {
                     at: self.now,
                     to,
-                    bytes,
+                    output,
                 },
                 after_input: self.last_input,
             });
@@ -551,8 +654,9 @@ impl<E: Replayable + ?Sized> Runner<'_, E> {
         true
     }
 
-    /// The name of the peer at `kind`, making one up (`undeclared1`, ...) if none is declared,
-    /// so that the actual transcript can still say where the frame went.
+    /// The name of the peer at `kind`, making one up if none is declared (`broker1`, ... for a
+    /// broker connection, `undeclared1`, ... for anything else), so that the actual transcript
+    /// can still say where the output went.
     fn name_for(&mut self, kind: PeerKind) -> String {
         if let Some(peer) = self.transcript.peer_at(&kind) {
             return peer.name.clone();
@@ -564,9 +668,21 @@ impl<E: Replayable + ?Sized> Runner<'_, E> {
             self.transcript.peer(name).is_some()
                 || self.run.extra_peers.iter().any(|p| p.name == name)
         };
-        let mut n = self.run.extra_peers.len() + 1;
+        let is_broker = |kind: &PeerKind| matches!(kind, PeerKind::Broker { .. });
+        let prefix = if is_broker(&kind) {
+            "broker"
+        } else {
+            "undeclared"
+        };
+        let mut n = self
+            .run
+            .extra_peers
+            .iter()
+            .filter(|p| is_broker(&p.kind) == is_broker(&kind))
+            .count()
+            + 1;
         let name = loop {
-            let candidate = format!("undeclared{n}");
+            let candidate = format!("{prefix}{n}");
             if !taken(&candidate) {
                 break candidate;
             }
@@ -601,7 +717,7 @@ enum Step {
 fn align(expected: &[&Entry], produced: &[Produced], tolerance: Duration) -> Vec<Step> {
     let same = |want: &Entry, got: &ActualOutput| {
         want.peer() == got.to
-            && want.bytes.matches(&got.bytes)
+            && payload_matches(&want.payload, &got.output)
             && distance(want.at, got.at) <= tolerance
     };
     let (mut i, mut j) = (0, 0);

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::io;
 
-use super::{Entry, FramePattern, Peer, PeerKind, Transcript};
+use super::{Entry, Payload, Peer, PeerKind, Transcript};
 use crate::time::{Duration, Instant};
 
 /// Width of the time column: `1234.567` and two spaces.
@@ -60,12 +60,12 @@ pub(super) fn peer_line(peer: &Peer) -> String {
     format!("@peer {} {kind}", peer.name)
 }
 
-/// A frame line with aligned columns; the bytes column is padded only when a comment follows,
-/// so lines never end in spaces.
+/// A frame or control line with aligned columns; the bytes column is padded only when a comment
+/// follows, so lines never end in spaces.
 pub(super) fn entry_line(entry: &Entry, direction_width: usize, bytes_width: usize) -> String {
     let time = entry.at.to_string();
     let direction = entry.direction.to_string();
-    let bytes = entry.bytes.to_string();
+    let bytes = entry.payload.to_string();
     let mut line = format!("{time:<TIME_WIDTH$}  {direction:<direction_width$}  ");
     match entry.comment.as_deref().map(one_line) {
         Some(comment) if !comment.is_empty() => {
@@ -85,12 +85,16 @@ fn direction_width_for(name: &str) -> usize {
     name.len() + 5
 }
 
-fn bytes_text_width(pattern: &FramePattern) -> usize {
-    (pattern.len() * 3).saturating_sub(1)
+/// Width of the bytes column's text: `02 16` or `!open`.
+fn payload_text_width(payload: &Payload) -> usize {
+    match payload {
+        Payload::Frame(pattern) => (pattern.len() * 3).saturating_sub(1),
+        Payload::Control(control) => control.keyword().len() + 1,
+    }
 }
 
 impl fmt::Display for Transcript {
-    /// The canonical text: peers, config, tolerance, a blank line, aligned frames, `@end`. It
+    /// The canonical text: peers, config, tolerance, a blank line, aligned entries, `@end`. It
     /// parses back to an equal transcript.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for peer in &self.peers {
@@ -118,7 +122,7 @@ impl fmt::Display for Transcript {
             .entries
             .iter()
             .filter(|e| e.comment.is_some())
-            .map(|e| bytes_text_width(&e.bytes))
+            .map(|e| payload_text_width(&e.payload))
             .filter(|&w| w <= MAX_BYTES_WIDTH)
             .max()
             .unwrap_or(0);
@@ -134,7 +138,7 @@ impl fmt::Display for Transcript {
 
 /// Writes a transcript as it happens (the gateway's `--record`): declare each peer with
 /// [`write_peer`](Self::write_peer) before its first frame, then [`write_entry`](Self::write_entry)
-/// per frame, in time order. Columns are aligned for the peers declared so far.
+/// per frame or control entry (`gw > brk !open`, ...), in time order. Columns are aligned for the peers declared so far.
 ///
 /// The writer does not buffer; wrap the sink in a `BufWriter` and [`flush`](Self::flush) when
 /// appropriate.
@@ -184,7 +188,7 @@ impl<W: io::Write> TranscriptWriter<W> {
         writeln!(self.out, "@tolerance {}", seconds(tolerance.as_millis()))
     }
 
-    /// Writes one frame line.
+    /// Writes one frame or control line.
     pub fn write_entry(&mut self, entry: &Entry) -> io::Result<()> {
         writeln!(
             self.out,
@@ -236,6 +240,13 @@ mod tests {
         assert_eq!(
             entry_line(&e, 12, 11),
             "0.200     dev1 > gw     02 16        # PINGREQ second line"
+        );
+        let c = Entry::output_control(Instant::from_millis(1), "brk", super::super::Control::Close);
+        assert_eq!(entry_line(&c, 9, 11), "0.001     gw > brk   !close");
+        let c = c.with_comment("flush");
+        assert_eq!(
+            entry_line(&c, 9, 11),
+            "0.001     gw > brk   !close       # flush"
         );
     }
 

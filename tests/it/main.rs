@@ -5,5 +5,6 @@ mod cli;
 mod codec_props;
 mod codec_vectors;
 mod config;
+mod engine;
 mod fixture_frames;
 mod transcript;

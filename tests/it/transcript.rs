@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use mqttsn_gateway::time::{Duration, Instant};
 use mqttsn_gateway::transcript::replay::{
-    replay, replay_file_with, Difference, ReplayError, ReplayMode, ReplayOutcome, Replayable,
+    replay, replay_file_with, Difference, ReplayError, ReplayInput, ReplayMode, ReplayOutcome,
+    ReplayOutput, Replayable,
 };
 use mqttsn_gateway::transcript::{
-    Direction, Entry, FramePattern, Peer, PeerKind, Transcript, TranscriptErrorKind,
-    TranscriptWriter,
+    Control, Direction, Entry, FramePattern, Payload, Peer, PeerKind, Transcript,
+    TranscriptErrorKind, TranscriptWriter,
 };
 use proptest::prelude::*;
 
@@ -127,8 +128,8 @@ fn parses_every_feature_of_the_format() {
     assert_eq!(regack.at, ms(12_000));
     assert_eq!(regack.exact_bytes(), None);
     assert_eq!(
-        regack.bytes,
-        FramePattern::from_positions(vec![
+        regack.payload,
+        Payload::Frame(FramePattern::from_positions(vec![
             Some(7),
             Some(0x0B),
             None,
@@ -136,9 +137,11 @@ fn parses_every_feature_of_the_format() {
             Some(0),
             Some(1),
             Some(0)
-        ])
+        ]))
     );
-    assert!(regack.bytes.matches(&[7, 0x0B, 0xAB, 0xCD, 0, 1, 0]));
+    assert!(regack
+        .frame()
+        .is_some_and(|p| p.matches(&[7, 0x0B, 0xAB, 0xCD, 0, 1, 0])));
     assert_eq!(t.entries[6].exact_bytes(), Some(vec![0x02, 0x16]));
     assert_eq!(t.entries[6].at, ms(12_500));
     assert_eq!(t.inputs().count(), 4);
@@ -303,6 +306,142 @@ fn errors_are_typed() {
     assert!(err.to_string().contains("(declared peers: none)"), "{err}");
 }
 
+const CONTROLS: &str = "\
+@peer dev1 udp 10.0.0.7:50000
+@peer brk broker
+@peer brk-dev1 broker dev1
+0.000 gw > brk !open   # at start
+0.020 brk > gw !up
+0.020 gw > brk 10 02 00 00
+1 brk-dev1>gw !down#dropped
+1 gw > brk-dev1 !close
+2 gw > brk   !abort
+3 gw>brk-dev1 !open
+";
+
+#[test]
+fn control_entries_parse_and_round_trip() {
+    let t = parse(CONTROLS);
+    let expected = [
+        Entry::output_control(ms(0), "brk", Control::Open).with_comment("at start"),
+        Entry::input_control(ms(20), "brk", Control::Up),
+        Entry::output(ms(20), "brk", &[0x10, 2, 0, 0]),
+        Entry::input_control(ms(1_000), "brk-dev1", Control::Down).with_comment("dropped"),
+        Entry::output_control(ms(1_000), "brk-dev1", Control::Close),
+        Entry::output_control(ms(2_000), "brk", Control::Abort),
+        Entry::output_control(ms(3_000), "brk-dev1", Control::Open),
+    ];
+    assert_eq!(t.entries, expected);
+    assert_eq!(t.entries[0].line, 4);
+    assert_eq!(t.entries[0].exact_bytes(), None);
+    assert_eq!(t.entries[0].frame(), None);
+    assert_eq!(t.entries[1].payload, Payload::Control(Control::Up));
+    assert_eq!(t.entries[2].control(), None);
+    assert_eq!(t.inputs().count(), 2);
+    assert_eq!(t.expected_outputs().count(), 5);
+
+    let text = t.to_string();
+    assert_eq!(parse(&text), t, "canonical text:\n{text}");
+    assert_eq!(
+        parse(&text).to_string(),
+        text,
+        "canonical text is a fixed point"
+    );
+    assert!(
+        text.contains("\n0.000     gw > brk       !open  # at start\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n1.000     brk-dev1 > gw  !down  # dropped\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n2.000     gw > brk       !abort\n"),
+        "{text}"
+    );
+
+    let mut w = TranscriptWriter::new(Vec::new());
+    for peer in &t.peers {
+        w.write_peer(peer).expect("vec");
+    }
+    for entry in &t.entries {
+        w.write_entry(entry).expect("vec");
+    }
+    let streamed = String::from_utf8(w.into_inner()).expect("utf-8");
+    assert!(
+        streamed.contains("\n0.020     brk > gw       !up\n"),
+        "{streamed}"
+    );
+    assert_eq!(parse(&streamed), t, "{streamed}");
+}
+
+#[test]
+fn control_entry_errors_say_what_is_allowed() {
+    let peers = "@peer dev1 udp 10.0.0.7:50000\n@peer brk broker\n@peer s serial /dev/ttyS0\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "1 dev1 > gw !up",
+            "test.snlog:4:13: control entry `!up` for \"dev1\", a udp peer; control entries are only for broker peers (`@peer NAME broker [CLIENT]`)",
+        ),
+        (
+            "1 gw > s !open # no",
+            "test.snlog:4:10: control entry `!open` for \"s\", a serial peer",
+        ),
+        (
+            "1 brk > gw !up 02 16",
+            "test.snlog:4:16: unexpected \"02 16\" after `!up`; a control entry has no bytes (only a trailing `# comment`)",
+        ),
+        (
+            "1 brk > gw !up # fine\n2 gw > brk !close !abort",
+            "test.snlog:5:19: unexpected \"!abort\" after `!close`",
+        ),
+        (
+            "1 brk > gw !open",
+            "test.snlog:4:12: `!open` cannot go `brk > gw`: `!up` and `!down` are inputs (BROKER > gw), `!open`, `!close` and `!abort` outputs (gw > BROKER)",
+        ),
+        ("1 gw > brk !down", "test.snlog:4:12: `!down` cannot go `gw > brk`"),
+        (
+            "1 brk > gw !reset",
+            "test.snlog:4:12: unknown control entry \"!reset\"; expected `!up` or `!down` (BROKER > gw) or `!open`, `!close` or `!abort` (gw > BROKER)",
+        ),
+        ("1 brk > gw !", "test.snlog:4:12: unknown control entry \"!\""),
+        (
+            "1 brk > gw 02 !up",
+            "test.snlog:4:15: bad frame byte \"!up\": a control entry (`!up`, `!open`, ...) stands alone, without bytes",
+        ),
+        (
+            "2 brk > gw !up\n1 gw > brk !open",
+            "test.snlog:5:1: time 1.000 goes backwards (line 4 is at 2.000)",
+        ),
+    ];
+    for (body, expected) in cases {
+        let message = parse_error(&format!("{peers}{body}\n"));
+        assert!(
+            message.starts_with(expected),
+            "for {body:?}\n  got:      {message}\n  expected: {expected}"
+        );
+    }
+    let err = Transcript::parse("@peer a udp 1.2.3.4:5\n1 a > gw !down", "x")
+        .expect_err("a is not a broker");
+    assert_eq!(
+        err.kind,
+        TranscriptErrorKind::ControlNotOnBroker {
+            control: Control::Down,
+            peer: "a".into(),
+            kind: "udp",
+        }
+    );
+    let err = Transcript::parse("@peer b broker\n1 b > gw !up 01", "x")
+        .expect_err("bytes after a control");
+    assert_eq!(
+        err.kind,
+        TranscriptErrorKind::BytesAfterControl {
+            control: Control::Up,
+            found: "01".into(),
+        }
+    );
+}
+
 // ---------------------------------------------------------------------------------- writing
 
 #[test]
@@ -422,6 +561,7 @@ fn transcript_strategy() -> impl Strategy<Value = Transcript> {
         0u64..5_000,
         any::<bool>(),
         0usize..8,
+        0usize..6,
         proptest::collection::vec(proptest::option::weighted(0.9, any::<u8>()), 1..40),
         proptest::option::of("[a-zA-Z0-9 #\"=?>@.-]{0,24}"),
     );
@@ -438,9 +578,11 @@ fn transcript_strategy() -> impl Strategy<Value = Transcript> {
             let mut at = 0;
             let entries: Vec<Entry> = raw_entries
                 .into_iter()
-                .map(|(step, input, peer, positions, comment)| {
+                .map(|(step, input, peer, control, positions, comment)| {
                     at += step;
-                    let name = peers[peer % peers.len()].name.clone();
+                    let peer = &peers[peer % peers.len()];
+                    let is_broker = matches!(peer.kind, PeerKind::Broker { .. });
+                    let name = peer.name.clone();
                     let direction = if input {
                         Direction::Input { from: name }
                     } else {
@@ -454,13 +596,21 @@ fn transcript_strategy() -> impl Strategy<Value = Transcript> {
                     } else {
                         positions
                     };
+                    // Half of the broker's entries are control entries of the right direction.
+                    let payload = match (is_broker && control < 3, input) {
+                        (true, true) => Payload::Control([Control::Up, Control::Down][control % 2]),
+                        (true, false) => Payload::Control(
+                            [Control::Open, Control::Close, Control::Abort][control],
+                        ),
+                        (false, _) => Payload::Frame(FramePattern::from_positions(positions)),
+                    };
                     let comment = comment
                         .map(|c| c.trim().to_string())
                         .filter(|c| !c.is_empty());
                     Entry {
                         at: Instant::from_millis(at),
                         direction,
-                        bytes: FramePattern::from_positions(positions),
+                        payload,
                         comment,
                         line: 0,
                     }
@@ -623,15 +773,21 @@ fn every_fixture_parses_and_its_frames_are_framed() {
 
 const ADVERTISE: [u8; 5] = [0x05, 0x00, 0x01, 0x03, 0x84];
 
+/// MQTT CONNECT, client id "gw", keep-alive 60, clean session.
+const MQTT_CONNECT: [u8; 16] = [
+    0x10, 0x0E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x02, b'g', b'w',
+];
+
 /// A stand-in for the engine: answers PINGREQ `02 16` with PINGRESP to the sender (or with
 /// whatever `reply` says, `copies` times) and sends ADVERTISE to the broadcast address every
-/// 900 s from 900 s on.
+/// 900 s from 900 s on. A broker connection reporting `!up` gets an MQTT CONNECT; one reporting
+/// `!down` is opened again (`!open`).
 struct FakeGateway {
     broadcast: PeerKind,
     next_advertise: Instant,
     reply: Vec<u8>,
     copies: usize,
-    out: VecDeque<(PeerKind, Vec<u8>)>,
+    out: VecDeque<(PeerKind, ReplayOutput)>,
     /// Times the harness called each entry point, to check it walks time as documented.
     calls: Vec<(char, Instant)>,
 }
@@ -647,15 +803,36 @@ impl FakeGateway {
             calls: Vec::new(),
         }
     }
+
+    /// One that asks for `broker` to be opened as it starts (before any input).
+    fn opening(broker: PeerKind) -> Self {
+        let mut engine = FakeGateway::new();
+        engine
+            .out
+            .push_back((broker, ReplayOutput::Control(Control::Open)));
+        engine
+    }
 }
 
 impl Replayable for FakeGateway {
-    fn input(&mut self, now: Instant, from: &Peer, bytes: &[u8]) {
+    fn input(&mut self, now: Instant, from: &Peer, input: ReplayInput<'_>) {
         self.calls.push(('i', now));
-        if bytes == [0x02, 0x16] {
-            for _ in 0..self.copies {
-                self.out.push_back((from.kind.clone(), self.reply.clone()));
+        let kind = from.kind.clone();
+        match input {
+            ReplayInput::Frame(bytes) if bytes == [0x02, 0x16] => {
+                for _ in 0..self.copies {
+                    self.out
+                        .push_back((kind.clone(), ReplayOutput::Frame(self.reply.clone())));
+                }
             }
+            ReplayInput::Frame(_) => {}
+            ReplayInput::Control(Control::Up) => {
+                self.out.push_back((kind, MQTT_CONNECT.to_vec().into()));
+            }
+            ReplayInput::Control(Control::Down) => {
+                self.out.push_back((kind, Control::Open.into()));
+            }
+            ReplayInput::Control(other) => panic!("{other} is not an input"),
         }
     }
 
@@ -663,7 +840,7 @@ impl Replayable for FakeGateway {
         self.calls.push(('t', now));
         while self.next_advertise <= now {
             self.out
-                .push_back((self.broadcast.clone(), ADVERTISE.to_vec()));
+                .push_back((self.broadcast.clone(), ADVERTISE.to_vec().into()));
             self.next_advertise = self.next_advertise + Duration::from_secs(900);
         }
     }
@@ -672,7 +849,7 @@ impl Replayable for FakeGateway {
         Some(self.next_advertise)
     }
 
-    fn poll_output(&mut self) -> Option<(PeerKind, Vec<u8>)> {
+    fn poll_output(&mut self) -> Option<(PeerKind, ReplayOutput)> {
         self.out.pop_front()
     }
 }
@@ -866,12 +1043,12 @@ fn replay_names_undeclared_destinations() {
 struct StuckTimer;
 
 impl Replayable for StuckTimer {
-    fn input(&mut self, _: Instant, _: &Peer, _: &[u8]) {}
+    fn input(&mut self, _: Instant, _: &Peer, _: ReplayInput<'_>) {}
     fn handle_timeout(&mut self, _: Instant) {}
     fn poll_timeout(&self) -> Option<Instant> {
         Some(Instant::from_millis(5))
     }
-    fn poll_output(&mut self) -> Option<(PeerKind, Vec<u8>)> {
+    fn poll_output(&mut self) -> Option<(PeerKind, ReplayOutput)> {
         None
     }
 }
@@ -908,6 +1085,138 @@ fn replay_feeds_inputs_from_every_kind_of_peer() {
 3 gw > brk 02 17
 ";
     replay(&parse(text), &mut engine).unwrap_or_else(|m| panic!("{m}"));
+}
+
+const UPSTREAM: &str = "\
+@peer dev1 udp 10.0.0.7:50000
+@peer brk broker
+@tolerance 0
+
+0.000     gw > brk    !open   # at start, before any input
+5.000     brk > gw    !up
+5.000     gw > brk    10 0E 00 04 4D 51 54 54 04 02 00 3C 00 02 67 77   # CONNECT
+6.000     dev1 > gw   02 16
+6.000     gw > dev1   02 17
+7.000     brk > gw    !down   # dropped
+7.000     gw > brk    !open   # reconnect
+";
+
+fn shared_broker() -> PeerKind {
+    PeerKind::Broker { client: None }
+}
+
+#[test]
+fn replay_feeds_and_expects_control_entries() {
+    let mut engine = FakeGateway::opening(shared_broker());
+    replay(&parse(UPSTREAM), &mut engine).unwrap_or_else(|m| panic!("{m}"));
+    assert_eq!(
+        engine.calls,
+        [('i', ms(5_000)), ('i', ms(6_000)), ('i', ms(7_000))]
+    );
+}
+
+#[test]
+fn replay_reports_control_entries_like_frames() {
+    // A different control.
+    let text = UPSTREAM.replace(
+        "7.000     gw > brk    !open",
+        "7.000     gw > brk    !abort",
+    );
+    let (difference, report) = mismatch_of(&text, &mut FakeGateway::opening(shared_broker()));
+    assert!(
+        matches!(difference, Difference::Different { line: 11, .. }),
+        "{report}"
+    );
+    let head = "\
+line 11: the gateway's output differs from the expected one: `!open` instead of `!abort`
+  expected: 7.000     gw > brk  !abort
+  actual:   7.000     gw > brk  !open
+
+actual transcript";
+    assert!(report.starts_with(head), "{report}");
+    // The pasted transcript declares what happened, and replays cleanly.
+    let (_, pasted) = report
+        .split_once("to rewrite the expected lines):\n")
+        .unwrap_or_else(|| panic!("{report}"));
+    // A matched control keeps its comment.
+    assert!(
+        pasted
+            .lines()
+            .any(|l| l.starts_with("0.000     gw > brk   !open  ")
+                && l.ends_with("  # at start, before any input")),
+        "{pasted}"
+    );
+    assert!(
+        pasted.ends_with("\n7.000     gw > brk   !open\n"),
+        "{pasted}"
+    );
+    replay(&parse(pasted), &mut FakeGateway::opening(shared_broker()))
+        .unwrap_or_else(|m| panic!("{m}"));
+
+    // A frame where a control is expected.
+    let text = UPSTREAM.replace(
+        "5.000     gw > brk    10 0E 00 04 4D 51 54 54 04 02 00 3C 00 02 67 77",
+        "5.000     gw > brk    !close",
+    );
+    let (_, report) = mismatch_of(&text, &mut FakeGateway::opening(shared_broker()));
+    assert!(
+        report.starts_with("line 7: the gateway's output differs from the expected one: a frame instead of `!close`\n  expected: 5.000     gw > brk  !close\n  actual:   5.000     gw > brk  10 0E 00 04"),
+        "{report}"
+    );
+
+    // A control that never came: the engine does not open the connection as it starts.
+    let (difference, report) = mismatch_of(UPSTREAM, &mut FakeGateway::new());
+    assert!(
+        matches!(difference, Difference::Missing { line: 5, .. }),
+        "{report}"
+    );
+    assert!(
+        report.starts_with(
+            "line 5: this expected output never came\n  expected: 0.000     gw > brk  !open\n"
+        ),
+        "{report}"
+    );
+
+    // A control that no line expects.
+    let text = UPSTREAM.replace("7.000     gw > brk    !open   # reconnect\n", "");
+    let (difference, report) = mismatch_of(&text, &mut FakeGateway::opening(shared_broker()));
+    assert!(
+        matches!(difference, Difference::Extra { after_line: 10, .. }),
+        "{report}"
+    );
+    assert!(
+        report.starts_with(
+            "after line 10: an output that no line expects\n  actual:   7.000     gw > brk  !open\n"
+        ),
+        "{report}"
+    );
+}
+
+#[test]
+fn replay_names_undeclared_broker_connections() {
+    let text = "@peer dev1 udp 10.0.0.7:50000\n1 dev1 > gw 02 16\n1 gw > dev1 02 17\n";
+    let per_client = || {
+        FakeGateway::opening(PeerKind::Broker {
+            client: Some("dev1".into()),
+        })
+    };
+    let (difference, report) = mismatch_of(text, &mut per_client());
+    let Difference::Extra { actual, .. } = difference else {
+        panic!("{report}")
+    };
+    assert_eq!(actual.to, "broker1");
+    assert_eq!(actual.output, ReplayOutput::Control(Control::Open));
+    assert_eq!(actual.at, ms(0));
+    assert!(report.contains("\n@peer broker1 broker dev1\n"), "{report}");
+
+    // Blessing declares it and puts the output before the first input.
+    let file = TempFile::new("bless-broker", text);
+    let outcome = replay_file_with(&file.0, ReplayMode::Bless, |_| per_client());
+    assert_eq!(outcome.expect("bless works"), ReplayOutcome::Blessed);
+    assert_eq!(
+        file.read(),
+        "@peer dev1 udp 10.0.0.7:50000\n@peer broker1 broker dev1\n0.000     gw > broker1  !open\n1 dev1 > gw 02 16\n1 gw > dev1 02 17\n"
+    );
 }
 
 // ---------------------------------------------------------------------------------- blessing

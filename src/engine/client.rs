@@ -1,0 +1,224 @@
+//! One device's session: where it is, what state it is in, its will, its topic ids, and the
+//! messages in flight in each direction.
+
+use super::peer::PeerAddr;
+use super::registry::TopicRegistry;
+use super::sleep::SleepBuffer;
+use super::ConnId;
+use crate::codec::QoS;
+use crate::time::{Duration, Instant};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Where a session is in its life (§6.14 plus the connect handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// CONNECT with Will: WILLTOPICREQ sent, waiting for WILLTOPIC.
+    WillTopic,
+    /// WILLMSGREQ sent, waiting for WILLMSG.
+    WillMsg,
+    /// Transparent mode: waiting for the broker to accept this device's connection.
+    Connecting,
+    /// Connected and awake.
+    Active,
+    /// Asleep: messages are buffered.
+    Asleep,
+    /// Woke up with PINGREQ: buffered messages are being delivered.
+    Awake,
+    /// Gone, but the session (subscriptions, ids, buffered messages) is kept for CleanSession=0.
+    Disconnected,
+}
+
+impl State {
+    /// Frames other than CONNECT are only accepted in these states.
+    pub fn is_connected(self) -> bool {
+        matches!(self, State::Active | State::Awake | State::Asleep)
+    }
+
+    /// Messages are delivered (not only buffered) in these states.
+    pub fn delivers(self) -> bool {
+        matches!(self, State::Active | State::Awake)
+    }
+}
+
+/// A will, as the device set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The message (empty until WILLMSG arrives).
+    pub payload: Bytes,
+    /// QoS to publish it with.
+    pub qos: QoS,
+    /// Whether it is retained.
+    pub retain: bool,
+}
+
+/// A message waiting to be delivered to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Down {
+    /// Topic name; the topic id is looked up (or REGISTERed) just before sending.
+    pub topic: Arc<str>,
+    /// The payload.
+    pub payload: Bytes,
+    /// Delivery QoS (0..=2).
+    pub qos: QoS,
+    /// The retain flag as the broker delivered it.
+    pub retain: bool,
+}
+
+/// The one unacknowledged message the gateway has sent to a device.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// What is awaited.
+    pub kind: InflightKind,
+    /// The MsgId of the message sent.
+    pub msg_id: u16,
+    /// Retransmissions so far.
+    pub retries: u8,
+    /// When to retransmit next.
+    pub retry_at: Instant,
+}
+
+/// What kind of gateway-to-device exchange is in flight.
+#[derive(Debug, Clone)]
+pub enum InflightKind {
+    /// REGISTER of `topic` as `topic_id`, awaiting REGACK.
+    Register {
+        /// The topic.
+        topic: Arc<str>,
+        /// The id proposed.
+        topic_id: u16,
+    },
+    /// PUBLISH (QoS 1 awaiting PUBACK, QoS 2 awaiting PUBREC); the encoded frame is kept so a
+    /// retransmission only flips the DUP bit.
+    Publish {
+        /// The frame as first sent.
+        frame: Vec<u8>,
+        /// Its QoS.
+        qos: QoS,
+    },
+    /// PUBREL sent for a QoS 2 delivery, awaiting PUBCOMP.
+    PubRel,
+}
+
+/// Where a device's QoS 1/2 PUBLISH stands on its way to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpStage {
+    /// Forwarded, awaiting PUBACK (QoS 1) or PUBREC (QoS 2) from the broker.
+    Forwarded,
+    /// QoS 2: the broker has it (PUBREC) and PUBREC went to the device.
+    Received,
+}
+
+/// A device's QoS 1/2 PUBLISH not yet acknowledged to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpFlight {
+    /// The device's MsgId.
+    pub msg_id: u16,
+    /// The topic id to echo in PUBACK.
+    pub topic_id: u16,
+    /// QoS 1 or 2.
+    pub qos: QoS,
+    /// Progress.
+    pub stage: UpStage,
+}
+
+/// A SUBSCRIBE waiting for the broker's SUBACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingSub {
+    /// The device's MsgId.
+    pub msg_id: u16,
+    /// The topic id to report in SUBACK.
+    pub topic_id: u16,
+    /// QoS granted if the broker accepts.
+    pub qos: QoS,
+}
+
+/// One device's session.
+#[derive(Debug)]
+pub struct Client {
+    /// Distinguishes this session from earlier ones in the same slot (stale tokens).
+    pub generation: u16,
+    /// The ClientId.
+    pub client_id: Arc<str>,
+    /// Where the device is now.
+    pub peer: PeerAddr,
+    /// Life-cycle state.
+    pub state: State,
+    /// CleanSession of the last CONNECT.
+    pub clean_session: bool,
+    /// Keep-alive from CONNECT.
+    pub keep_alive: Duration,
+    /// Sleep duration from DISCONNECT.
+    pub sleep: Duration,
+    /// Last frame from the device.
+    pub last_seen: Instant,
+    /// The keep-alive deadline currently in the timer queue, if any.
+    pub supervision_at: Option<Instant>,
+    /// The will, if set.
+    pub will: Option<Box<Will>>,
+    /// Normal topic ids.
+    pub registry: TopicRegistry,
+    /// Topics the device refused in REGACK: not delivered again.
+    pub refused: Vec<Arc<str>>,
+    /// Messages waiting for delivery (bounded; the sleeping buffer while asleep).
+    pub queue: SleepBuffer<Down>,
+    /// The one unacknowledged gateway-to-device exchange.
+    pub inflight: Option<Box<Inflight>>,
+    /// Last MsgId the gateway used towards this device.
+    pub last_msg_id: u16,
+    /// Device-to-broker QoS 1/2 publishes not yet acknowledged to the device.
+    pub up: Vec<UpFlight>,
+    /// SUBSCRIBEs awaiting the broker.
+    pub pending_subs: Vec<PendingSub>,
+    /// Transparent mode: this device's own broker connection.
+    pub conn: Option<ConnId>,
+    /// Transparent mode: this device's subscriptions, restored after a broker reconnect.
+    pub filters: Vec<(Arc<str>, QoS)>,
+}
+
+impl Client {
+    /// A new session in `state`.
+    pub fn new(generation: u16, client_id: Arc<str>, peer: PeerAddr, now: Instant) -> Self {
+        Client {
+            generation,
+            client_id,
+            peer,
+            state: State::Active,
+            clean_session: true,
+            keep_alive: Duration::ZERO,
+            sleep: Duration::ZERO,
+            last_seen: now,
+            supervision_at: None,
+            will: None,
+            registry: TopicRegistry::new(),
+            refused: Vec::new(),
+            queue: SleepBuffer::new(),
+            inflight: None,
+            last_msg_id: 0,
+            up: Vec::new(),
+            pending_subs: Vec::new(),
+            conn: None,
+            filters: Vec::new(),
+        }
+    }
+
+    /// The next MsgId for a message to the device (never 0).
+    pub fn next_msg_id(&mut self) -> u16 {
+        self.last_msg_id = self.last_msg_id.checked_add(1).unwrap_or(1);
+        self.last_msg_id
+    }
+
+    /// Forgets everything a clean session discards.
+    pub fn wipe(&mut self) {
+        self.will = None;
+        self.registry.clear();
+        self.refused.clear();
+        self.queue = SleepBuffer::new();
+        self.inflight = None;
+        self.up.clear();
+        self.pending_subs.clear();
+        self.filters.clear();
+    }
+}
