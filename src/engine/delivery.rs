@@ -61,14 +61,15 @@ impl Gateway {
                 });
                 continue;
             }
-            let topic_ref = match self.predefined.id_for(&client_id, &topic) {
-                Some(id) => TopicRef::Predefined(id),
-                None => match topic.as_bytes() {
+            // The id the device knows: predefined, registered (the SUBACK of a plain name
+            // announced it), a short name, or else one to REGISTER first.
+            let registered = self.client(key).and_then(|c| c.registry.id(&topic));
+            let topic_ref = match (self.predefined.id_for(&client_id, &topic), registered) {
+                (Some(id), _) => TopicRef::Predefined(id),
+                (None, Some(id)) => TopicRef::Id(id),
+                (None, None) => match topic.as_bytes() {
                     [a, b] => TopicRef::Short([*a, *b]),
-                    _ => match self.client(key).and_then(|c| c.registry.id(&topic)) {
-                        Some(id) => TopicRef::Id(id),
-                        None => return self.register_topic(now, key, topic),
-                    },
+                    _ => return self.register_topic(now, key, topic),
                 },
             };
             let Some(client) = self.client_mut(key) else {
