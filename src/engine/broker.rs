@@ -161,7 +161,7 @@ impl Gateway {
         let Some(client) = self.client(key) else {
             return;
         };
-        let filters = client.filters.clone();
+        let filters = client.filters().to_vec();
         for (filter, qos) in filters {
             self.upstream_subscribe(now, conn, &filter, qos, INTERNAL);
         }
@@ -325,14 +325,14 @@ impl Gateway {
         let Some(client) = self.client_gen_mut(key, generation) else {
             return;
         };
-        let Some(i) = client.up.iter().position(|u| u.msg_id == msg_id) else {
+        let Some(up) = client.up().iter().find(|u| u.msg_id == msg_id).copied() else {
             return; // QoS 2 already completed with the device at PUBREL
         };
-        let up = client.up[i];
         if up.qos != QoS::One {
             return; // QoS 2 completes with the device's PUBREL
         }
-        client.up.swap_remove(i);
+        client.extras_mut().up.retain(|u| u.msg_id != msg_id);
+        client.tidy();
         let peer = client.peer;
         self.send(
             peer,
@@ -350,7 +350,13 @@ impl Gateway {
         let Some(client) = self.client_gen_mut(key, generation) else {
             return;
         };
-        let Some(up) = client.up.iter_mut().find(|u| u.msg_id == msg_id) else {
+        let Some(up) = client
+            .extras_mut()
+            .up
+            .iter_mut()
+            .find(|u| u.msg_id == msg_id)
+        else {
+            client.tidy();
             return;
         };
         up.stage = UpStage::Received;
@@ -366,10 +372,13 @@ impl Gateway {
         let Some(client) = self.client_gen_mut(key, generation) else {
             return;
         };
-        let Some(i) = client.pending_subs.iter().position(|p| p.msg_id == msg_id) else {
+        let subs = &mut client.extras_mut().pending_subs;
+        let Some(i) = subs.iter().position(|p| p.msg_id == msg_id) else {
+            client.tidy();
             return;
         };
-        let pending = client.pending_subs.remove(i);
+        let pending = subs.remove(i);
+        client.tidy();
         let peer = client.peer;
         let (qos, rc) = match granted {
             Some(q) => (pending.qos.min(q), ReturnCode::Accepted),

@@ -3,10 +3,10 @@
 
 use super::peer::PeerAddr;
 use super::registry::TopicRegistry;
-use super::sleep::SleepBuffer;
+use super::sleep::{PushOutcome, SleepBuffer, SleepLimits};
 use super::ConnId;
 use crate::codec::QoS;
-use crate::time::{Duration, Instant};
+use crate::time::Instant;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -148,10 +148,10 @@ pub struct Client {
     pub state: State,
     /// CleanSession of the last CONNECT.
     pub clean_session: bool,
-    /// Keep-alive from CONNECT.
-    pub keep_alive: Duration,
-    /// Sleep duration from DISCONNECT.
-    pub sleep: Duration,
+    /// Keep-alive from CONNECT, in seconds (as on the wire: 16 bits).
+    pub keep_alive_secs: u16,
+    /// Sleep duration from DISCONNECT, in seconds.
+    pub sleep_secs: u16,
     /// Last frame from the device.
     pub last_seen: Instant,
     /// The keep-alive deadline currently in the timer queue, if any.
@@ -160,22 +160,39 @@ pub struct Client {
     pub will: Option<Box<Will>>,
     /// Normal topic ids.
     pub registry: TopicRegistry,
-    /// Topics the device refused in REGACK: not delivered again.
-    pub refused: Vec<Arc<str>>,
-    /// Messages waiting for delivery (bounded; the sleeping buffer while asleep).
-    pub queue: SleepBuffer<Down>,
+    /// Messages waiting for delivery (bounded; the sleeping buffer while asleep). Boxed and
+    /// only present while not empty: most sessions have nothing queued most of the time.
+    queue: Option<Box<SleepBuffer<Down>>>,
     /// The one unacknowledged gateway-to-device exchange.
     pub inflight: Option<Box<Inflight>>,
     /// Last MsgId the gateway used towards this device.
     pub last_msg_id: u16,
+    /// Transparent mode: this device's own broker connection.
+    pub conn: Option<ConnId>,
+    /// State most devices never need, allocated on first use, so an idle session stays small.
+    extras: Option<Box<Extras>>,
+}
+
+/// The parts of a session that are empty for most devices most of the time.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// Topics the device refused in REGACK: not delivered again.
+    pub refused: Vec<Arc<str>>,
     /// Device-to-broker QoS 1/2 publishes not yet acknowledged to the device.
     pub up: Vec<UpFlight>,
     /// SUBSCRIBEs awaiting the broker.
     pub pending_subs: Vec<PendingSub>,
-    /// Transparent mode: this device's own broker connection.
-    pub conn: Option<ConnId>,
     /// Transparent mode: this device's subscriptions, restored after a broker reconnect.
     pub filters: Vec<(Arc<str>, QoS)>,
+}
+
+impl Extras {
+    fn is_empty(&self) -> bool {
+        self.refused.is_empty()
+            && self.up.is_empty()
+            && self.pending_subs.is_empty()
+            && self.filters.is_empty()
+    }
 }
 
 impl Client {
@@ -187,20 +204,17 @@ impl Client {
             peer,
             state: State::Active,
             clean_session: true,
-            keep_alive: Duration::ZERO,
-            sleep: Duration::ZERO,
+            keep_alive_secs: 0,
+            sleep_secs: 0,
             last_seen: now,
             supervision_at: None,
             will: None,
             registry: TopicRegistry::new(),
-            refused: Vec::new(),
-            queue: SleepBuffer::new(),
+            queue: None,
             inflight: None,
             last_msg_id: 0,
-            up: Vec::new(),
-            pending_subs: Vec::new(),
             conn: None,
-            filters: Vec::new(),
+            extras: None,
         }
     }
 
@@ -214,11 +228,93 @@ impl Client {
     pub fn wipe(&mut self) {
         self.will = None;
         self.registry.clear();
-        self.refused.clear();
-        self.queue = SleepBuffer::new();
+        self.queue = None;
         self.inflight = None;
-        self.up.clear();
-        self.pending_subs.clear();
-        self.filters.clear();
+        self.extras = None;
+    }
+
+    /// Queues a message for delivery within `limits`.
+    pub fn push_down(
+        &mut self,
+        down: Down,
+        size: usize,
+        limits: &SleepLimits,
+    ) -> PushOutcome<Down> {
+        let outcome = self
+            .queue
+            .get_or_insert_with(Default::default)
+            .push(down, size, limits);
+        self.drop_empty_queue();
+        outcome
+    }
+
+    /// The next message to deliver.
+    pub fn front_down(&self) -> Option<&Down> {
+        self.queue.as_ref()?.front()
+    }
+
+    /// Takes the next message to deliver.
+    pub fn pop_down(&mut self) -> Option<Down> {
+        let down = self.queue.as_mut()?.pop_front();
+        self.drop_empty_queue();
+        down
+    }
+
+    /// Number of messages waiting.
+    pub fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn drop_empty_queue(&mut self) {
+        if self.queue.as_ref().is_some_and(|q| q.is_empty()) {
+            self.queue = None;
+        }
+    }
+
+    /// The rarely used parts, for reading.
+    pub fn extras(&self) -> Option<&Extras> {
+        self.extras.as_deref()
+    }
+
+    /// The rarely used parts, for changing (allocated on first use).
+    pub fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Default::default)
+    }
+
+    /// Frees the rarely used parts once they are empty again.
+    pub fn tidy(&mut self) {
+        if self.extras.as_ref().is_some_and(|e| e.is_empty()) {
+            self.extras = None;
+        }
+    }
+
+    /// Device-to-broker QoS 1/2 publishes in flight.
+    pub fn up(&self) -> &[UpFlight] {
+        self.extras().map_or(&[], |e| &e.up)
+    }
+
+    /// Whether the device refused `topic` in a REGACK.
+    pub fn refuses(&self, topic: &str) -> bool {
+        self.extras()
+            .is_some_and(|e| e.refused.iter().any(|t| &**t == topic))
+    }
+
+    /// Transparent mode: the device's subscriptions.
+    pub fn filters(&self) -> &[(Arc<str>, QoS)] {
+        self.extras().map_or(&[], |e| &e.filters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        eprintln!(
+            "Client {} PeerAddr {} Option<Client> {} Down {}",
+            std::mem::size_of::<super::Client>(),
+            std::mem::size_of::<super::PeerAddr>(),
+            std::mem::size_of::<Option<super::Client>>(),
+            std::mem::size_of::<super::Down>()
+        );
     }
 }

@@ -17,7 +17,7 @@ impl Gateway {
             return;
         };
         let size = down.payload.len() + down.topic.len();
-        let outcome = client.queue.push(down, size, &limits);
+        let outcome = client.push_down(down, size, &limits);
         let client_id = client.client_id.clone();
         let dropped = match outcome {
             PushOutcome::Stored => 0,
@@ -47,13 +47,13 @@ impl Gateway {
             if !client.state.delivers() || client.inflight.is_some() {
                 return;
             }
-            let Some(front) = client.queue.front() else {
+            let Some(front) = client.front_down() else {
                 break;
             };
             let topic = front.topic.clone();
             let client_id = client.client_id.clone();
-            if client.refused.contains(&topic) {
-                client.queue.pop_front();
+            if client.refuses(&topic) {
+                client.pop_down();
                 self.counters.messages_dropped += 1;
                 self.events.push_back(Event::MessageDropped {
                     client_id,
@@ -75,7 +75,7 @@ impl Gateway {
             let Some(client) = self.client_mut(key) else {
                 return;
             };
-            let Some(down) = client.queue.pop_front() else {
+            let Some(down) = client.pop_down() else {
                 return;
             };
             let msg_id = if down.qos == QoS::Zero {
@@ -133,7 +133,7 @@ impl Gateway {
             Ok(id) => id,
             Err(_) => {
                 // No id left for this device: the message cannot be delivered.
-                client.queue.pop_front();
+                client.pop_down();
                 let client_id = client.client_id.clone();
                 self.counters.messages_dropped += 1;
                 self.events.push_back(Event::MessageDropped {
@@ -329,7 +329,7 @@ impl Gateway {
         if ack.return_code != ReturnCode::Accepted {
             // §6.10: a rejecting REGACK means the device does not want this topic.
             if let Some(client) = self.client_mut(key) {
-                client.refused.push(topic);
+                client.extras_mut().refused.push(topic);
             }
         }
         self.pump(now, key);

@@ -11,7 +11,7 @@ use crate::codec::{
     TopicRef, Unsubscribe, WillTopic,
 };
 use crate::config::Mode;
-use crate::time::{Duration, Instant};
+use crate::time::Instant;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -144,7 +144,7 @@ impl Gateway {
                 key
             }
             None => {
-                if self.live_clients >= self.settings.max_clients {
+                if self.clients.len() >= self.settings.max_clients {
                     return self.reject_connect(
                         peer,
                         ReturnCode::Congestion,
@@ -160,7 +160,7 @@ impl Gateway {
             };
             let resumed = client.state == State::Asleep || client.state == State::Awake;
             client.last_seen = now;
-            client.keep_alive = Duration::from_secs(u64::from(c.duration));
+            client.keep_alive_secs = c.duration;
             let wipe = c.clean_session && !resumed;
             if wipe {
                 client.wipe();
@@ -377,7 +377,7 @@ impl Gateway {
         // QoS 1/2: a retransmission of a message already on its way is not forwarded again.
         if let Some(up) = self
             .client(key)
-            .and_then(|c| c.up.iter().find(|u| u.msg_id == p.msg_id).copied())
+            .and_then(|c| c.up().iter().find(|u| u.msg_id == p.msg_id).copied())
         {
             if up.stage == UpStage::Received {
                 self.send(peer, Message::PubRec { msg_id: p.msg_id });
@@ -390,7 +390,7 @@ impl Gateway {
             return refuse(self, ReturnCode::Congestion);
         }
         if let Some(client) = self.client_mut(key) {
-            client.up.push(UpFlight {
+            client.extras_mut().up.push(UpFlight {
                 msg_id: p.msg_id,
                 topic_id,
                 qos: p.qos,
@@ -406,7 +406,8 @@ impl Gateway {
         let Some(client) = self.client_mut(key) else {
             return;
         };
-        client.up.retain(|u| u.msg_id != msg_id);
+        client.extras_mut().up.retain(|u| u.msg_id != msg_id);
+        client.tidy();
         let peer = client.peer;
         self.send(peer, Message::PubComp { msg_id });
     }
@@ -455,17 +456,22 @@ impl Gateway {
                 _ => return suback(self, 0, ReturnCode::InvalidTopicId),
             },
         };
+        let transparent = self.settings.mode == Mode::Transparent;
         if let Some(client) = self.client_mut(key) {
-            client.pending_subs.retain(|p| p.msg_id != s.msg_id);
-            client.pending_subs.push(PendingSub {
+            let extras = client.extras_mut();
+            extras.pending_subs.retain(|p| p.msg_id != s.msg_id);
+            extras.pending_subs.push(PendingSub {
                 msg_id: s.msg_id,
                 topic_id,
                 qos,
             });
-            if let Some(entry) = client.filters.iter_mut().find(|(f, _)| *f == filter) {
-                entry.1 = qos;
-            } else {
-                client.filters.push((filter.clone(), qos));
+            // Aggregating mode keeps subscriptions in the shared table instead.
+            if transparent {
+                if let Some(entry) = extras.filters.iter_mut().find(|(f, _)| *f == filter) {
+                    entry.1 = qos;
+                } else {
+                    extras.filters.push((filter.clone(), qos));
+                }
             }
         }
         let tok = token(key, generation, s.msg_id);
@@ -484,7 +490,11 @@ impl Gateway {
         };
         if !self.upstream_subscribe(now, conn, &filter, upstream_qos, tok) {
             if let Some(client) = self.client_mut(key) {
-                client.pending_subs.retain(|p| p.msg_id != s.msg_id);
+                client
+                    .extras_mut()
+                    .pending_subs
+                    .retain(|p| p.msg_id != s.msg_id);
+                client.tidy();
             }
             suback(self, topic_id, ReturnCode::Congestion);
         }
@@ -504,7 +514,8 @@ impl Gateway {
         };
         if let Some(filter) = filter {
             if let Some(client) = self.client_mut(key) {
-                client.filters.retain(|(f, _)| *f != filter);
+                client.extras_mut().filters.retain(|(f, _)| *f != filter);
+                client.tidy();
             }
             match self.settings.mode {
                 Mode::Transparent => {
@@ -555,7 +566,7 @@ impl Gateway {
         match duration {
             Some(d) if d > 0 && client.state.is_connected() => {
                 client.state = State::Asleep;
-                client.sleep = Duration::from_secs(u64::from(d));
+                client.sleep_secs = d;
                 client.supervision_at = None;
                 let client_id = client.client_id.clone();
                 self.send(peer, Message::Disconnect { duration: None });

@@ -7,6 +7,7 @@ use super::client::{Client, State};
 use super::mqtt::{ConnectOptions, LastWill, MqttError, MqttSession};
 use super::peer::{Destination, PeerAddr, Transmit};
 use super::registry::{PredefinedTopics, TopicInterner};
+use super::slab::Slab;
 use super::sleep::SleepLimits;
 use super::subscriptions::SubscriptionTable;
 use super::{ClientKey, ConnId, Event, UpstreamCommand};
@@ -86,9 +87,7 @@ pub(super) struct Settings {
 /// The MQTT-SN gateway engine. See the [module documentation](super) for the call order.
 pub struct Gateway {
     pub(super) settings: Settings,
-    pub(super) clients: Vec<Option<Client>>,
-    pub(super) free_slots: Vec<u32>,
-    pub(super) live_clients: usize,
+    pub(super) clients: Slab<Client>,
     pub(super) generation: u16,
     pub(super) by_client_id: HashMap<Arc<str>, ClientKey>,
     pub(super) by_peer: HashMap<PeerAddr, ClientKey>,
@@ -134,9 +133,7 @@ impl Gateway {
         };
         let mut gw = Gateway {
             settings,
-            clients: Vec::new(),
-            free_slots: Vec::new(),
-            live_clients: 0,
+            clients: Slab::default(),
             generation: 0,
             by_client_id: HashMap::new(),
             by_peer: HashMap::new(),
@@ -251,7 +248,7 @@ impl Gateway {
 
     /// Number of sessions (connected, sleeping, or kept for CleanSession=0).
     pub fn client_count(&self) -> usize {
-        self.live_clients
+        self.clients.len()
     }
 
     /// The ClientId and address of the device whose own broker connection `conn` is
@@ -269,11 +266,11 @@ impl Gateway {
     // ----- helpers shared by the handlers -------------------------------------------------
 
     pub(super) fn client(&self, key: ClientKey) -> Option<&Client> {
-        self.clients.get(key.0 as usize)?.as_ref()
+        self.clients.get(key.0)
     }
 
     pub(super) fn client_mut(&mut self, key: ClientKey) -> Option<&mut Client> {
-        self.clients.get_mut(key.0 as usize)?.as_mut()
+        self.clients.get_mut(key.0)
     }
 
     /// The client in `key` if it is still the session `generation` refers to.
@@ -293,17 +290,7 @@ impl Gateway {
     ) -> ClientKey {
         self.generation = self.generation.wrapping_add(1);
         let client = Client::new(self.generation, client_id.clone(), peer, now);
-        let key = match self.free_slots.pop() {
-            Some(slot) => {
-                self.clients[slot as usize] = Some(client);
-                ClientKey(slot)
-            }
-            None => {
-                self.clients.push(Some(client));
-                ClientKey((self.clients.len() - 1) as u32)
-            }
-        };
-        self.live_clients += 1;
+        let key = ClientKey(self.clients.insert(client));
         self.by_client_id.insert(client_id, key);
         self.by_peer.insert(peer, key);
         key
@@ -311,19 +298,17 @@ impl Gateway {
 
     /// Removes a session entirely: its subscriptions, its addresses, its connection.
     pub(super) fn remove_client(&mut self, key: ClientKey) {
-        let Some(client) = self.clients.get_mut(key.0 as usize).and_then(Option::take) else {
+        let Some(client) = self.clients.remove(key.0) else {
             return;
         };
-        self.live_clients -= 1;
-        self.free_slots.push(key.0);
         if self.by_client_id.get(&client.client_id) == Some(&key) {
             self.by_client_id.remove(&client.client_id);
         }
         if self.by_peer.get(&client.peer) == Some(&key) {
             self.by_peer.remove(&client.peer);
         }
-        if !client.queue.is_empty() {
-            self.counters.messages_dropped += client.queue.len() as u64;
+        if client.queued() > 0 {
+            self.counters.messages_dropped += client.queued() as u64;
         }
         if self.settings.mode == Mode::Aggregating {
             for change in self.subscriptions.remove_client(key) {
@@ -391,15 +376,15 @@ impl Gateway {
 
     /// How long a client in its current state may stay silent.
     pub(super) fn silence_allowed(&self, client: &Client) -> Option<Duration> {
-        let period = match client.state {
-            State::Asleep | State::Awake => client.sleep,
+        let secs = match client.state {
+            State::Asleep | State::Awake => client.sleep_secs,
             State::Disconnected => return None,
-            _ => client.keep_alive,
+            _ => client.keep_alive_secs,
         };
-        if period == Duration::ZERO {
+        if secs == 0 {
             return None; // keep-alive 0: no supervision (§5.4.4)
         }
-        let ms = period.as_millis() as f64 * self.settings.tolerance;
+        let ms = f64::from(secs) * 1000.0 * self.settings.tolerance;
         Some(Duration::from_millis(ms as u64))
     }
 

@@ -14,6 +14,7 @@ mod gateway;
 pub mod mqtt;
 pub mod peer;
 pub mod registry;
+mod slab;
 pub mod sleep;
 pub mod subscriptions;
 pub mod topic;

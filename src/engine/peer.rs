@@ -4,8 +4,9 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-/// Longest wireless node id the engine tracks inline (longer ones are rejected as malformed).
-pub const MAX_NODE_ID: usize = 16;
+/// Longest wireless node id the engine tracks inline (8 bytes: room for a 64-bit radio
+/// address; longer ones are rejected as malformed).
+pub const MAX_NODE_ID: usize = 8;
 
 /// The transport-level address of a device or forwarder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

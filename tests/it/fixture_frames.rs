@@ -4,6 +4,9 @@
 //! Real clients sometimes set flag bits that mean nothing for a message (the `mqttsn` client
 //! sets CleanSession on every PUBLISH); the codec ignores those on decode and writes them as
 //! zero, so for the flags octet only the bits the message uses must survive the round trip.
+//!
+//! Lines whose comment starts with `malformed` are deliberately broken input (hostile-input
+//! transcripts): for those, decoding must fail, with an error rather than a panic.
 
 use mqttsn_gateway::codec::{wire, DecodeOptions, Frame, MsgType};
 use mqttsn_gateway::transcript::{PeerKind, Transcript};
@@ -114,6 +117,20 @@ fn every_fixture_frame_round_trips() {
                 continue; // MQTT, not MQTT-SN
             }
             checked += 1;
+            let malformed = entry
+                .comment
+                .as_deref()
+                .is_some_and(|c| c.trim_start().starts_with("malformed"));
+            if malformed {
+                if Frame::decode_with(&bytes, &opts).is_ok() {
+                    failures.push(format!(
+                        "{}:{}: marked malformed but decodes",
+                        path.display(),
+                        entry.line
+                    ));
+                }
+                continue;
+            }
             let quirk = path.components().any(|c| c.as_os_str() == "quirks");
             if let Err(why) = check_frame(&bytes, &opts, quirk) {
                 failures.push(format!("{}:{}: {why}", path.display(), entry.line));
