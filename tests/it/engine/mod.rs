@@ -6,6 +6,7 @@
 //! the gateway's own connection; `@peer brk-X broker X` is client X's connection in transparent
 //! mode; broadcasts (ADVERTISE, GWINFO) go to the UDP peer `255.255.255.255:1884`.
 
+mod chaos;
 mod purity;
 
 use mqttsn_gateway::config::Config;

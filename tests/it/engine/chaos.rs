@@ -1,0 +1,213 @@
+//! Hostile input at random: sequences of valid, mutated and random frames from several devices,
+//! random bytes and connection drops from the broker, and jumps in time, never panic the engine,
+//! and afterwards a well-behaved device is still served.
+
+use mqttsn_gateway::codec::*;
+use mqttsn_gateway::config::Config;
+use mqttsn_gateway::engine::{ConnId, Destination, Gateway, PeerAddr, UpstreamEvent};
+use mqttsn_gateway::time::Instant;
+use proptest::prelude::*;
+
+fn frame(msg: Message<'_>) -> Vec<u8> {
+    msg.to_vec().unwrap()
+}
+
+/// Frames that make sense in some state, so the random walk reaches deep states.
+fn pool() -> Vec<Vec<u8>> {
+    let publish = |qos, topic, msg_id| {
+        frame(Message::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic,
+            msg_id,
+            data: b"x",
+        }))
+    };
+    vec![
+        frame(Message::Connect(Connect {
+            will: false,
+            clean_session: true,
+            duration: 10,
+            client_id: "a",
+        })),
+        frame(Message::Connect(Connect {
+            will: true,
+            clean_session: false,
+            duration: 10,
+            client_id: "b",
+        })),
+        frame(Message::WillTopic(Some(WillTopic {
+            qos: QoS::One,
+            retain: false,
+            topic: "w",
+        }))),
+        frame(Message::WillMsg { msg: b"bye" }),
+        frame(Message::Register(Register {
+            topic_id: 0,
+            msg_id: 1,
+            topic_name: "t/1",
+        })),
+        publish(QoS::Zero, TopicRef::Id(1), 0),
+        publish(QoS::One, TopicRef::Id(1), 2),
+        publish(QoS::Two, TopicRef::Id(1), 3),
+        publish(QoS::MinusOne, TopicRef::Short(*b"ab"), 0),
+        frame(Message::PubRel { msg_id: 3 }),
+        frame(Message::Subscribe(Subscribe {
+            dup: false,
+            qos: QoS::One,
+            msg_id: 4,
+            topic: TopicFilter::Name("t/#"),
+        })),
+        frame(Message::Unsubscribe(Unsubscribe {
+            msg_id: 5,
+            topic: TopicFilter::Name("t/#"),
+        })),
+        frame(Message::PubAck(PubAck {
+            topic_id: 1,
+            msg_id: 1,
+            return_code: ReturnCode::Accepted,
+        })),
+        frame(Message::PubRec { msg_id: 1 }),
+        frame(Message::PubComp { msg_id: 1 }),
+        frame(Message::RegAck(RegAck {
+            topic_id: 1,
+            msg_id: 1,
+            return_code: ReturnCode::Accepted,
+        })),
+        frame(Message::PingReq { client_id: None }),
+        frame(Message::PingReq {
+            client_id: Some("a"),
+        }),
+        frame(Message::Disconnect { duration: Some(5) }),
+        frame(Message::Disconnect { duration: None }),
+        frame(Message::WillTopicUpd(None)),
+        frame(Message::WillMsgUpd { msg: b"m" }),
+        frame(Message::SearchGw { radius: 1 }),
+    ]
+}
+
+/// Broker-side inputs: valid MQTT packets the gateway may or may not expect.
+fn broker_pool() -> Vec<Vec<u8>> {
+    vec![
+        vec![0x20, 2, 0, 0],
+        vec![0x40, 2, 0, 1],
+        vec![0x50, 2, 0, 2],
+        vec![0x70, 2, 0, 2],
+        vec![0x90, 3, 0, 1, 1],
+        vec![0xB0, 2, 0, 2],
+        vec![0xD0, 0],
+        vec![0x30, 6, 0, 3, b't', b'/', b'1', b'z'],
+        vec![0x32, 8, 0, 3, b't', b'/', b'1', 0, 9, b'q'],
+        vec![0x34, 8, 0, 3, b't', b'/', b'x', 0, 10, b'q'],
+        vec![0x62, 2, 0, 10],
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Device {
+        peer: u8,
+        pick: prop::sample::Index,
+        mutate: Option<(prop::sample::Index, u8)>,
+    },
+    Garbage {
+        peer: u8,
+        bytes: Vec<u8>,
+    },
+    Broker {
+        pick: prop::sample::Index,
+    },
+    BrokerGarbage(Vec<u8>),
+    BrokerDown,
+    BrokerUp,
+    Wait(u32),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (0u8..4, any::<prop::sample::Index>(), proptest::option::of((any::<prop::sample::Index>(), any::<u8>())))
+            .prop_map(|(peer, pick, mutate)| Step::Device { peer, pick, mutate }),
+        1 => (0u8..4, proptest::collection::vec(any::<u8>(), 0..40))
+            .prop_map(|(peer, bytes)| Step::Garbage { peer, bytes }),
+        3 => any::<prop::sample::Index>().prop_map(|pick| Step::Broker { pick }),
+        1 => proptest::collection::vec(any::<u8>(), 0..20).prop_map(Step::BrokerGarbage),
+        1 => Just(Step::BrokerDown),
+        1 => Just(Step::BrokerUp),
+        2 => (0u32..30_000).prop_map(Step::Wait),
+    ]
+}
+
+fn peer(i: u8) -> PeerAddr {
+    PeerAddr::udp(([10, 0, 0, i], 5000).into())
+}
+
+fn drain(gw: &mut Gateway) -> Vec<(Destination, Vec<u8>)> {
+    while gw.poll_upstream().is_some() {}
+    while gw.poll_event().is_some() {}
+    let mut out = Vec::new();
+    while let Some(t) = gw.poll_transmit() {
+        out.push((t.to, t.bytes));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_input_never_stops_the_gateway(steps in proptest::collection::vec(step(), 1..80)) {
+        let device_frames = pool();
+        let broker_frames = broker_pool();
+        let mut config = Config::default();
+        config.sleep.max_messages = 3;
+        let mut gw = Gateway::new(&config);
+        let mut now = 0u64;
+        gw.handle_upstream(Instant::ZERO, ConnId::GATEWAY, UpstreamEvent::Connected);
+        gw.handle_upstream(Instant::ZERO, ConnId::GATEWAY, UpstreamEvent::Data(&[0x20, 2, 0, 0]));
+        for step in steps {
+            let t = Instant::from_millis(now);
+            match step {
+                Step::Device { peer: p, pick, mutate } => {
+                    let mut bytes = pick.get(&device_frames).clone();
+                    if let Some((at, value)) = mutate {
+                        let i = at.index(bytes.len());
+                        bytes[i] = value;
+                    }
+                    gw.handle_frame(t, peer(p), &bytes);
+                }
+                Step::Garbage { peer: p, bytes } => gw.handle_frame(t, peer(p), &bytes),
+                Step::Broker { pick } => {
+                    let bytes: &Vec<u8> = pick.get(&broker_frames);
+                    gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Data(bytes))
+                }
+                Step::BrokerGarbage(bytes) => {
+                    gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Data(&bytes))
+                }
+                Step::BrokerDown => gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Disconnected),
+                Step::BrokerUp => {
+                    gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Connected);
+                    gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Data(&[0x20, 2, 0, 0]));
+                }
+                Step::Wait(ms) => {
+                    now += u64::from(ms);
+                    gw.handle_timeout(Instant::from_millis(now));
+                }
+            }
+            drain(&mut gw);
+        }
+        // Afterwards a well-behaved device is served: reconnect the broker, then CONNECT.
+        let t = Instant::from_millis(now);
+        gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Disconnected);
+        gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Connected);
+        gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Data(&[0x20, 2, 0, 0]));
+        drain(&mut gw);
+        let newcomer = PeerAddr::udp(([10, 0, 0, 200], 5000).into());
+        gw.handle_frame(t, newcomer, &device_frames[0]);
+        let out = drain(&mut gw);
+        prop_assert!(
+            out.iter().any(|(to, b)| *to == Destination::Peer(newcomer) && b == &[3, 5, 0]),
+            "newcomer not accepted: {out:?}"
+        );
+    }
+}
