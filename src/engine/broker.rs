@@ -89,7 +89,7 @@ impl Gateway {
                     self.on_client_conn_up(now, key, conn);
                 }
             }
-            MqttEvent::Rejected { .. } => {
+            MqttEvent::Rejected { reason } => {
                 if let Some(key) = self.owner(conn) {
                     // The broker refused this device (bad credentials, id in use, ...).
                     if let Some(peer) = self.client(key).map(|c| c.peer) {
@@ -108,9 +108,8 @@ impl Gateway {
                     self.remove_client(key);
                     self.commands.push_back(UpstreamCommand::Close(conn));
                 } else {
-                    self.events.push_back(Event::FrameDropped {
-                        peer: super::PeerAddr::udp(([0, 0, 0, 0], 0).into()),
-                        reason: "the broker refused the gateway's connection".into(),
+                    self.events.push_back(Event::BrokerError {
+                        reason: format!("the broker refused the gateway's connection: {reason:?}"),
                     });
                 }
             }

@@ -160,8 +160,7 @@ impl Gateway {
         {
             // Only a configuration the loader already rejects gets here (e.g. a password
             // without a user name); report it rather than panic.
-            gw.events.push_back(Event::FrameDropped {
-                peer: PeerAddr::udp(([0, 0, 0, 0], 0).into()),
+            gw.events.push_back(Event::BrokerError {
                 reason: format!("cannot open the broker connection: {e}"),
             });
         }

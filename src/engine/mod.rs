@@ -131,4 +131,9 @@ pub enum Event {
     BrokerUp,
     /// The gateway's broker connection is gone.
     BrokerDown,
+    /// The broker refused a connection, or one could not be set up.
+    BrokerError {
+        /// What went wrong, for the log.
+        reason: String,
+    },
 }
