@@ -19,12 +19,19 @@
 //!   and for tests replayed on virtual time.
 //! - [`decode_tool`]: the `decode` subcommand (hex frames to text or JSON).
 //! - [`engine`]: the deterministic gateway core (sessions, topic ids, sleep buffers, upstream MQTT state).
+//! - [`driver`]: the tokio event loop that owns the engine and runs the transports.
+//! - [`transport`]: UDP towards devices, TCP/TLS towards the broker.
+//! - `embedded`: an in-process MQTT broker for zero-setup starts (feature `embedded-broker`).
 //! - [`hex`]: hex parsing and formatting shared by the CLI and transcripts.
 
 pub mod codec;
 pub mod config;
 pub mod decode_tool;
+pub mod driver;
+#[cfg(feature = "embedded-broker")]
+pub mod embedded;
 pub mod engine;
 pub mod hex;
 pub mod time;
 pub mod transcript;
+pub mod transport;

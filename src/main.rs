@@ -1,24 +1,30 @@
 //! The `mqttsn-gateway` command line: parses arguments, dispatches to the subcommands, and maps
 //! failures to one clear line on stderr and an exit code (2 for bad usage or configuration).
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use mqttsn_gateway::codec::DecodeOptions;
-use mqttsn_gateway::config::Config;
+use mqttsn_gateway::config::{Config, Mode, UdpConfig, UpstreamUrl};
 use mqttsn_gateway::decode_tool::{decode_frames, DecodeFormat};
 use std::io::{self, BufRead, Write};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// MQTT-SN v1.2 gateway: UDP and serial radios in, MQTT to a broker out.
 #[derive(Parser)]
-#[command(version, about, arg_required_else_help = true)]
+#[command(version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Options of `run`, also accepted without the subcommand.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway (the default when no subcommand is given).
+    Run(RunArgs),
     /// Decode MQTT-SN frames given in hex, one frame per argument (quote frames with spaces).
     Decode {
         /// Frames in hex, e.g. "09 0C 20 00 01 00 01 68 69"; `-` reads one frame per line of stdin.
@@ -38,14 +44,45 @@ enum Command {
     },
 }
 
+#[derive(Args, Clone, Default)]
+struct RunArgs {
+    /// Configuration file; without it, the built-in defaults (see gateway.toml).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on, replacing the configured listeners (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    udp: Vec<SocketAddr>,
+    /// Broker URL (mqtt://host:port, mqtts://host:port or embedded), replacing upstream.url.
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
+    /// Start an in-process MQTT broker and connect to it (same as --broker embedded).
+    #[arg(long)]
+    embedded_broker: bool,
+    /// Gateway mode, replacing gateway.mode.
+    #[arg(long, value_enum)]
+    mode: Option<CliMode>,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliMode {
+    Transparent,
+    Aggregating,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Decode {
+        Some(Command::Decode {
             frames,
             json,
             long_topic,
-        } => decode(
+        }) => decode(
             &frames,
             DecodeFormat {
                 json,
@@ -54,7 +91,103 @@ fn main() -> ExitCode {
                 },
             },
         ),
-        Command::CheckConfig { file } => check_config(&file),
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (i16::from(verbose) - i16::from(quiet)).clamp(-2, 2) {
+        -2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("mqttsn_gateway={level},rumqttd=off,warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+/// The configuration with the command line's overrides applied.
+fn effective_config(args: &RunArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if !args.udp.is_empty() {
+        config.udp = args
+            .udp
+            .iter()
+            .map(|bind| UdpConfig {
+                bind: *bind,
+                broadcast: None,
+                multicast_interface: None,
+            })
+            .collect();
+    }
+    if let Some(url) = &args.broker {
+        config.upstream.url = url
+            .parse::<UpstreamUrl>()
+            .map_err(|e| format!("--broker {url}: {e}"))?;
+    }
+    if args.embedded_broker {
+        config.upstream.url = UpstreamUrl::Embedded;
+    }
+    if let Some(mode) = args.mode {
+        config.gateway.mode = match mode {
+            CliMode::Transparent => Mode::Transparent,
+            CliMode::Aggregating => Mode::Aggregating,
+        };
+    }
+    Ok(config)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_logging(args.verbose, args.quiet);
+    let config = match effective_config(&args) {
+        Ok(config) => config,
+        Err(e) => return fail(&e, 2),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 1),
+    };
+    let result = runtime.block_on(mqttsn_gateway::driver::run(config, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string(), 2),
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (systemd's stop).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -85,7 +218,7 @@ fn decode(frames: &[String], format: DecodeFormat) -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
+fn check_config(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             print!("{}", config.to_toml_string());

@@ -240,6 +240,17 @@ impl Gateway {
         self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Prepares a clean stop: every upstream connection says MQTT DISCONNECT and is closed
+    /// (so the broker discards the devices' wills: the gateway is stopping, the devices are not
+    /// lost). Drain [`Gateway::poll_upstream`] afterwards.
+    pub fn shutdown(&mut self) {
+        let conns: Vec<ConnId> = self.upstreams.keys().copied().collect();
+        for conn in conns {
+            self.close_upstream(conn, true);
+        }
+        self.broker_up = false;
+    }
+
     /// Running totals.
     pub fn counters(&self) -> Counters {
         self.counters

@@ -5,6 +5,8 @@ mod cli;
 mod codec_props;
 mod codec_vectors;
 mod config;
+mod e2e;
 mod engine;
 mod fixture_frames;
+mod support;
 mod transcript;

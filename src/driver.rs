@@ -1,0 +1,266 @@
+//! The driver: one tokio task owns the [`Gateway`] engine and runs a `select!` over the UDP
+//! listeners, the broker connections and the engine's next deadline. After every input it
+//! drains the engine's outputs into the transports. It is the only place that reads the clock.
+
+use crate::config::{Config, UpstreamUrl};
+use crate::engine::{
+    ConnId, Destination, Event, Gateway, Link, PeerAddr, UpstreamCommand, UpstreamEvent,
+};
+use crate::time::Instant;
+use crate::transport::udp::{Datagram, UdpError, UdpTransport};
+use crate::transport::upstream::{ConnEvent, UpstreamError, UpstreamPool, UpstreamSettings};
+use std::future::Future;
+use std::net::SocketAddr;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Inputs taken from a channel in one go before the outputs are flushed: amortizes the
+/// flush under load without delaying a lone datagram.
+const BATCH: usize = 256;
+/// Channel depths: bounded, so a flood applies backpressure instead of growing memory.
+const DATAGRAM_QUEUE: usize = 8192;
+const UPSTREAM_QUEUE: usize = 8192;
+
+/// Why the gateway could not start.
+#[derive(Debug, Error)]
+pub enum DriverError {
+    /// A UDP listener could not be set up.
+    #[error(transparent)]
+    Udp(#[from] UdpError),
+    /// The broker connection settings are unusable (e.g. a bad CA file).
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The embedded broker did not start.
+    #[error("embedded broker: {0}")]
+    Embedded(String),
+    /// `upstream.url = "embedded"` in a build without the `embedded-broker` feature.
+    #[error("this build has no embedded broker (feature `embedded-broker`)")]
+    NoEmbeddedBroker,
+}
+
+/// A running gateway (see [`start`]).
+pub struct Running {
+    udp: Vec<SocketAddr>,
+    broker: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    #[cfg(feature = "embedded-broker")]
+    _embedded: Option<crate::embedded::EmbeddedBroker>,
+}
+
+impl Running {
+    /// The UDP addresses the gateway listens on (with the real port when configured as 0).
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp
+    }
+
+    /// The broker address in use, when it is a plain TCP address (embedded or `mqtt://`).
+    pub fn broker_addr(&self) -> SocketAddr {
+        self.broker
+    }
+
+    /// Stops the gateway cleanly: MQTT DISCONNECT on every broker connection, then waits for
+    /// the loop to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Starts the gateway in the current tokio runtime and returns once it is listening.
+pub async fn start(config: Config) -> Result<Running, DriverError> {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut config = config;
+    #[cfg(feature = "embedded-broker")]
+    let mut embedded = None;
+    if config.upstream.url == UpstreamUrl::Embedded {
+        #[cfg(feature = "embedded-broker")]
+        {
+            let broker = crate::embedded::EmbeddedBroker::start(config.upstream.embedded_bind)
+                .map_err(|e| DriverError::Embedded(e.to_string()))?;
+            let addr = broker.local_addr();
+            tracing::info!(%addr, "embedded MQTT broker listening");
+            config.upstream.url = UpstreamUrl::Tcp {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            };
+            embedded = Some(broker);
+        }
+        #[cfg(not(feature = "embedded-broker"))]
+        return Err(DriverError::NoEmbeddedBroker);
+    }
+    let broker = match &config.upstream.url {
+        UpstreamUrl::Tcp { host, port } | UpstreamUrl::Tls { host, port } => host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| SocketAddr::new(ip, *port))
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], *port))),
+        UpstreamUrl::Embedded => SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let settings = UpstreamSettings::from_config(&config.upstream)?;
+    let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_QUEUE);
+    let udp = UdpTransport::bind(&config.udp, datagram_tx)?;
+    let addrs = udp.local_addrs();
+    for addr in &addrs {
+        tracing::info!(%addr, "listening for MQTT-SN over UDP");
+    }
+    let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
+    let pool = UpstreamPool::new(settings, events_tx);
+    let engine = Gateway::new(&config);
+    let task = tokio::spawn(async move {
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        event_loop(engine, udp, datagram_rx, pool, events_rx, stop).await;
+    });
+    Ok(Running {
+        udp: addrs,
+        broker,
+        stop: Some(stop_tx),
+        task,
+        #[cfg(feature = "embedded-broker")]
+        _embedded: embedded,
+    })
+}
+
+/// Runs the gateway until `shutdown` completes (SIGINT/SIGTERM in `main`), then stops cleanly.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DriverError> {
+    let running = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+/// The engine's clock: milliseconds since the loop started.
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn now(&self) -> Instant {
+        Instant::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn deadline(&self, at: Instant) -> tokio::time::Instant {
+        (self.0 + std::time::Duration::from_millis(at.as_millis())).into()
+    }
+}
+
+async fn event_loop(
+    mut engine: Gateway,
+    mut udp: UdpTransport,
+    mut datagrams: mpsc::Receiver<Datagram>,
+    mut pool: UpstreamPool,
+    mut upstream: mpsc::Receiver<(ConnId, ConnEvent)>,
+    stop: impl Future<Output = ()>,
+) {
+    let clock = Clock(std::time::Instant::now());
+    tokio::pin!(stop);
+    flush(&mut engine, &mut udp, &mut pool).await;
+    loop {
+        let deadline = engine.poll_timeout();
+        let sleep_until = clock.deadline(deadline.unwrap_or(Instant::from_millis(u64::MAX / 4)));
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(first) = datagrams.recv() => {
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(d) = next {
+                    udp.heard(d.listener, d.from);
+                    engine.handle_frame(clock.now(), PeerAddr::udp(d.from), &d.bytes);
+                    taken += 1;
+                    next = if taken < BATCH { datagrams.try_recv().ok() } else { None };
+                }
+            }
+            Some(first) = upstream.recv() => {
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some((conn, event)) = next {
+                    let event = match &event {
+                        ConnEvent::Connected => UpstreamEvent::Connected,
+                        ConnEvent::Data(bytes) => UpstreamEvent::Data(bytes),
+                        ConnEvent::Disconnected => UpstreamEvent::Disconnected,
+                    };
+                    engine.handle_upstream(clock.now(), conn, event);
+                    taken += 1;
+                    next = if taken < BATCH { upstream.try_recv().ok() } else { None };
+                }
+            }
+            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
+                engine.handle_timeout(clock.now());
+            }
+        }
+        flush(&mut engine, &mut udp, &mut pool).await;
+    }
+    engine.shutdown();
+    flush(&mut engine, &mut udp, &mut pool).await;
+    pool.shutdown().await;
+    tracing::info!(counters = ?engine.counters(), "gateway stopped");
+}
+
+/// Moves everything the engine produced into the transports and the log.
+async fn flush(engine: &mut Gateway, udp: &mut UdpTransport, pool: &mut UpstreamPool) {
+    while let Some(command) = engine.poll_upstream() {
+        match command {
+            UpstreamCommand::Open(conn) => pool.open(conn),
+            UpstreamCommand::Send(conn, bytes) => pool.send(conn, bytes),
+            UpstreamCommand::Close(conn) => pool.close(conn),
+            UpstreamCommand::Abort(conn) => pool.abort(conn),
+        }
+    }
+    while let Some(transmit) = engine.poll_transmit() {
+        match transmit.to {
+            Destination::Peer(PeerAddr {
+                link: Link::Udp(addr),
+                ..
+            }) => udp.send_to(addr, &transmit.bytes).await,
+            Destination::Broadcast { near } => {
+                let near = near.and_then(|p| match p.link {
+                    Link::Udp(addr) => Some(addr),
+                    Link::Serial { .. } => None,
+                });
+                udp.broadcast(near, &transmit.bytes).await;
+            }
+            // Serial transports arrive with the serial issue; nothing routes there yet.
+            Destination::Peer(_) => {}
+        }
+    }
+    while let Some(event) = engine.poll_event() {
+        log_event(event);
+    }
+}
+
+fn log_event(event: Event) {
+    match event {
+        Event::ClientConnected { client_id, peer } => {
+            tracing::info!(client = %client_id, %peer, "client connected")
+        }
+        Event::ClientLost { client_id, reason } => {
+            tracing::info!(client = %client_id, reason, "client lost")
+        }
+        Event::ClientDisconnected { client_id } => {
+            tracing::debug!(client = %client_id, "client disconnected")
+        }
+        Event::ClientAsleep {
+            client_id,
+            duration,
+        } => tracing::debug!(client = %client_id, duration, "client asleep"),
+        Event::ClientAwake { client_id } => tracing::debug!(client = %client_id, "client awake"),
+        Event::ClientRejected { peer, reason } => {
+            tracing::info!(%peer, reason, "CONNECT rejected")
+        }
+        Event::WillPublished { client_id, topic } => {
+            tracing::info!(client = %client_id, %topic, "will published")
+        }
+        Event::MessageDropped { client_id, reason } => {
+            tracing::debug!(client = %client_id, reason, "message for client dropped")
+        }
+        Event::FrameDropped { peer, reason } => {
+            tracing::debug!(%peer, %reason, "frame dropped")
+        }
+        Event::BrokerUp => tracing::info!("broker connection up"),
+        Event::BrokerDown => tracing::info!("broker connection down"),
+        Event::BrokerError { reason } => tracing::warn!(%reason, "broker"),
+    }
+}

@@ -1,0 +1,254 @@
+//! UDP towards devices: the `[[udp]]` listeners (IPv4 and IPv6, several at once), a reader task
+//! per socket feeding datagrams to the driver, and sending (unicast, broadcast or multicast).
+//!
+//! Datagrams are read into a large shared `BytesMut` and split off as `Bytes`, so receiving
+//! allocates a new buffer only every few hundred datagrams, not once per datagram.
+
+use crate::config::{MulticastInterface, UdpConfig};
+use bytes::{Bytes, BytesMut};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// Largest datagram accepted (the MQTT-SN 3-octet length allows 65535 bytes).
+const MAX_DATAGRAM: usize = 65_535;
+/// Receive buffer requested from the kernel, so bursts from thousands of devices are not dropped.
+const RECV_BUFFER: usize = 8 * 1024 * 1024;
+/// Receive chunk: datagrams are split off it until it runs low.
+const CHUNK: usize = 256 * 1024;
+
+/// Why a listener could not be set up.
+#[derive(Debug, Error)]
+pub enum UdpError {
+    /// Binding or configuring the socket failed.
+    #[error("udp {addr}: {what}: {source}")]
+    Socket {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The step that failed.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A datagram from a device: the listener it arrived on, the sender and the bytes.
+#[derive(Debug)]
+pub struct Datagram {
+    /// Index of the listener in [`UdpTransport::local_addrs`].
+    pub listener: usize,
+    /// The sender.
+    pub from: SocketAddr,
+    /// The frame.
+    pub bytes: Bytes,
+}
+
+struct Listener {
+    socket: Arc<UdpSocket>,
+    broadcast: Option<SocketAddr>,
+    local: SocketAddr,
+}
+
+/// All UDP listeners.
+pub struct UdpTransport {
+    listeners: Vec<Listener>,
+    /// Which listener last heard from a peer; only tracked when several listeners share an
+    /// address family, so a reply leaves from the socket the device talks to.
+    last_listener: HashMap<SocketAddr, usize>,
+    track_peers: bool,
+    /// Send failures (counted, not fatal).
+    pub send_errors: u64,
+}
+
+fn socket_error(addr: SocketAddr, what: &'static str) -> impl FnOnce(io::Error) -> UdpError {
+    move |source| UdpError::Socket { addr, what, source }
+}
+
+fn open(config: &UdpConfig) -> Result<std::net::UdpSocket, UdpError> {
+    let addr = config.bind;
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(socket_error(addr, "cannot create socket"))?;
+    if addr.is_ipv6() {
+        // `[::]` listens to IPv6 only, so that an IPv4 listener can share the port.
+        socket
+            .set_only_v6(true)
+            .map_err(socket_error(addr, "cannot set IPV6_V6ONLY"))?;
+    }
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    let _ = socket.set_send_buffer_size(RECV_BUFFER);
+    if let Some(target) = config.broadcast {
+        match target.ip() {
+            IpAddr::V4(ip) if ip.is_multicast() => {
+                let iface = match &config.multicast_interface {
+                    Some(MulticastInterface::Name(name)) => {
+                        name.parse::<Ipv4Addr>().unwrap_or(Ipv4Addr::UNSPECIFIED)
+                    }
+                    _ => Ipv4Addr::UNSPECIFIED,
+                };
+                socket
+                    .join_multicast_v4(&ip, &iface)
+                    .map_err(socket_error(addr, "cannot join the multicast group"))?;
+                let _ = socket.set_multicast_loop_v4(false);
+            }
+            IpAddr::V6(ip) if ip.is_multicast() => {
+                let index = match &config.multicast_interface {
+                    Some(MulticastInterface::Index(i)) => *i,
+                    _ => 0,
+                };
+                socket
+                    .join_multicast_v6(&ip, index)
+                    .map_err(socket_error(addr, "cannot join the multicast group"))?;
+                let _ = socket.set_multicast_loop_v6(false);
+            }
+            _ => socket
+                .set_broadcast(true)
+                .map_err(socket_error(addr, "cannot enable broadcast"))?,
+        }
+    }
+    socket
+        .set_nonblocking(true)
+        .map_err(socket_error(addr, "cannot make the socket non-blocking"))?;
+    socket
+        .bind(&addr.into())
+        .map_err(socket_error(addr, "cannot bind"))?;
+    Ok(socket.into())
+}
+
+impl UdpTransport {
+    /// Binds every listener and starts a reader task for each, feeding `datagrams`.
+    /// Must be called within a tokio runtime.
+    pub fn bind(
+        configs: &[UdpConfig],
+        datagrams: mpsc::Sender<Datagram>,
+    ) -> Result<Self, UdpError> {
+        let mut listeners = Vec::with_capacity(configs.len());
+        for config in configs {
+            let std_socket = open(config)?;
+            let socket = UdpSocket::from_std(std_socket)
+                .map_err(socket_error(config.bind, "cannot register the socket"))?;
+            let local = socket
+                .local_addr()
+                .map_err(socket_error(config.bind, "cannot read the bound address"))?;
+            listeners.push(Listener {
+                socket: Arc::new(socket),
+                broadcast: config.broadcast,
+                local,
+            });
+        }
+        let v4 = listeners.iter().filter(|l| l.local.is_ipv4()).count();
+        let track_peers = v4 > 1 || listeners.len() - v4 > 1;
+        for (index, listener) in listeners.iter().enumerate() {
+            tokio::spawn(read_loop(index, listener.socket.clone(), datagrams.clone()));
+        }
+        Ok(UdpTransport {
+            listeners,
+            last_listener: HashMap::new(),
+            track_peers,
+            send_errors: 0,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.local).collect()
+    }
+
+    /// Notes which listener a peer talks to (call for every received datagram).
+    pub fn heard(&mut self, listener: usize, from: SocketAddr) {
+        if self.track_peers {
+            self.last_listener.insert(from, listener);
+        }
+    }
+
+    fn listener_for(&self, to: SocketAddr) -> Option<&Listener> {
+        if let Some(&i) = self.last_listener.get(&to) {
+            return self.listeners.get(i);
+        }
+        self.listeners
+            .iter()
+            .find(|l| l.local.is_ipv4() == to.is_ipv4())
+    }
+
+    /// Sends a frame to one device.
+    pub async fn send_to(&mut self, to: SocketAddr, bytes: &[u8]) {
+        let Some(listener) = self.listener_for(to) else {
+            self.send_errors += 1;
+            return;
+        };
+        let socket = listener.socket.clone();
+        if let Err(e) = send(&socket, to, bytes).await {
+            self.send_errors += 1;
+            tracing::debug!(%to, error = %e, "udp send failed");
+        }
+    }
+
+    /// Sends a frame to the broadcast (or multicast) address of every listener that has one,
+    /// or, with `near`, of the listener `near` talks to, falling back to `near` itself.
+    pub async fn broadcast(&mut self, near: Option<SocketAddr>, bytes: &[u8]) {
+        let targets: Vec<(Arc<UdpSocket>, SocketAddr)> = match near {
+            Some(peer) => match self.listener_for(peer) {
+                Some(l) => vec![(l.socket.clone(), l.broadcast.unwrap_or(peer))],
+                None => Vec::new(),
+            },
+            None => self
+                .listeners
+                .iter()
+                .filter_map(|l| l.broadcast.map(|b| (l.socket.clone(), b)))
+                .collect(),
+        };
+        for (socket, to) in targets {
+            if let Err(e) = send(&socket, to, bytes).await {
+                self.send_errors += 1;
+                tracing::debug!(%to, error = %e, "udp broadcast failed");
+            }
+        }
+    }
+}
+
+/// Sends without waiting when the socket has room (the usual case), else waits for room.
+async fn send(socket: &UdpSocket, to: SocketAddr, bytes: &[u8]) -> io::Result<usize> {
+    match socket.try_send_to(bytes, to) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(bytes, to).await,
+        other => other,
+    }
+}
+
+async fn read_loop(listener: usize, socket: Arc<UdpSocket>, out: mpsc::Sender<Datagram>) {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        if buf.capacity() - buf.len() < MAX_DATAGRAM {
+            buf = BytesMut::with_capacity(CHUNK);
+        }
+        // Receive straight into the spare capacity of the chunk.
+        let result = socket.recv_buf_from(&mut buf).await;
+        match result {
+            Ok((len, from)) => {
+                let bytes = buf.split_to(len).freeze();
+                if out
+                    .send(Datagram {
+                        listener,
+                        from,
+                        bytes,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return; // the driver is gone
+                }
+            }
+            // ICMP errors surface here on some systems (e.g. port unreachable): not fatal.
+            Err(e) => tracing::debug!(error = %e, "udp receive error"),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Reconnect delays: exponential backoff with jitter, driven by a tiny PRNG so that no
+//! randomness crate is needed. Pure: the caller supplies the seed.
+
+use std::time::Duration;
+
+/// The shortest delay, whatever the settings say: a zero `reconnect_min` would otherwise never
+/// grow and turn a broker outage into a busy loop.
+const FLOOR: Duration = Duration::from_millis(1);
+
+/// Delays between reconnect attempts: `min` doubling up to `max`, each drawn within ±20% of that
+/// value so that many connections dropped at once (a broker restart in transparent mode) do not
+/// come back in lockstep.
+#[derive(Debug, Clone)]
+pub(super) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    rng: XorShift,
+}
+
+impl Backoff {
+    /// `max` below `min` is taken as `min`.
+    pub(super) fn new(min: Duration, max: Duration, seed: u64) -> Self {
+        let min = min.max(FLOOR);
+        let max = max.max(min);
+        Backoff {
+            min,
+            max,
+            next: min,
+            rng: XorShift::new(seed),
+        }
+    }
+
+    /// Starts again from `min` (after a connection that stayed up).
+    pub(super) fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The capped delay before the next attempt, before jitter.
+    #[cfg(test)]
+    fn base(&self) -> Duration {
+        self.next
+    }
+
+    /// The delay to wait now; the following one is twice as long, up to `max`.
+    pub(super) fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = base.saturating_mul(2).min(self.max);
+        jitter(base, self.rng.next_u64())
+    }
+}
+
+/// `base` scaled by a factor from 0.8 to 1.2 chosen by `random`. Jitter is applied after capping,
+/// so a delay at the cap can exceed `max` by up to 20%; clamping instead would pile every
+/// long-failing connection onto exactly `max` again.
+fn jitter(base: Duration, random: u64) -> Duration {
+    let permille = 800 + u128::from(random % 401);
+    let nanos = base.as_nanos() * permille / 1000;
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// xorshift64* (Vigna): fast, a 64-bit state, good enough to spread reconnects. Not for secrets.
+#[derive(Debug, Clone)]
+pub(super) struct XorShift(u64);
+
+impl XorShift {
+    /// Any seed works: it is first mixed with splitmix64, so nearby seeds (consecutive ConnIds)
+    /// give unrelated sequences, and the all-zero state xorshift cannot leave is avoided.
+    pub(super) fn new(seed: u64) -> Self {
+        let mixed = splitmix64(seed);
+        XorShift(if mixed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            mixed
+        })
+    }
+
+    pub(super) fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seed that differs per connection and per run.
+pub(super) fn seed(conn: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    splitmix64(conn) ^ now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn within_jitter(delay: Duration, base: Duration) -> bool {
+        delay >= base * 4 / 5 && delay <= base * 6 / 5
+    }
+
+    #[test]
+    fn doubles_up_to_the_cap_with_jitter() {
+        let mut backoff = Backoff::new(ms(100), ms(1000), 42);
+        let expected = [100, 200, 400, 800, 1000, 1000, 1000, 1000];
+        for base in expected.map(ms) {
+            assert_eq!(backoff.base(), base);
+            let delay = backoff.next_delay();
+            assert!(within_jitter(delay, base), "{delay:?} vs {base:?}");
+        }
+        backoff.reset();
+        assert_eq!(backoff.base(), ms(100));
+        assert!(within_jitter(backoff.next_delay(), ms(100)));
+    }
+
+    #[test]
+    fn jitter_spreads_and_is_deterministic_per_seed() {
+        let draw = |seed| {
+            let mut backoff = Backoff::new(ms(1000), ms(1000), seed);
+            (0..200).map(|_| backoff.next_delay()).collect::<Vec<_>>()
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7));
+        assert_ne!(a, draw(8));
+        assert!(a.iter().all(|d| within_jitter(*d, ms(1000))));
+        // Both halves of the range are used, so the jitter really spreads.
+        assert!(a.iter().any(|d| *d < ms(900)));
+        assert!(a.iter().any(|d| *d > ms(1100)));
+    }
+
+    #[test]
+    fn degenerate_settings_still_back_off() {
+        let mut backoff = Backoff::new(Duration::ZERO, Duration::ZERO, 1);
+        assert_eq!(backoff.base(), FLOOR);
+        let mut backoff2 = Backoff::new(ms(50), ms(10), 1);
+        assert_eq!(backoff2.base(), ms(50));
+        backoff2.next_delay();
+        assert_eq!(backoff2.base(), ms(50));
+        assert!(backoff.next_delay() > Duration::ZERO);
+    }
+
+    #[test]
+    fn jitter_extremes() {
+        assert_eq!(jitter(ms(1000), 0), ms(800));
+        assert_eq!(jitter(ms(1000), 400), ms(1200));
+        assert_eq!(jitter(Duration::MAX, 400), Duration::from_nanos(u64::MAX));
+    }
+}

@@ -1,0 +1,364 @@
+//! Broker-side IO: one small tokio task per upstream MQTT connection that only moves bytes
+//! between its TCP or TLS socket and the driver, and reconnects with backoff. All MQTT state
+//! (CONNECT, packet ids, subscriptions) stays in the engine.
+//!
+//! The driver owns an [`UpstreamPool`] and the receiver of its events channel. It turns the
+//! engine's commands into calls: `Open` → [`UpstreamPool::open`], `Send` →
+//! [`UpstreamPool::send`], `Close` → [`UpstreamPool::close`], `Abort` → [`UpstreamPool::abort`],
+//! and feeds each `(ConnId, ConnEvent)` it receives back to the engine.
+//!
+//! Per connection, events come in this order: `Connected`, any number of `Data`, then
+//! `Disconnected` when the connection breaks, after which the task reconnects by itself (with
+//! exponential backoff and jitter) and reports `Connected` again; the engine answers every
+//! `Connected` with its MQTT CONNECT. A broker that cannot be reached is reported once per outage
+//! (including when the very first attempt fails), not once per retry.
+//!
+//! Bytes are only ever written to the connection that is up when the task takes them from its
+//! queue, and never to a later one: sends while disconnected, and sends still queued when a
+//! connection comes up, are discarded, because they belong to an MQTT session the broker has
+//! already forgotten and the broker must see CONNECT first. The engine re-sends what matters
+//! after `Connected`. One race remains: bytes the engine sends for the old connection after the
+//! task has already reported the new `Connected` (the engine has not yet seen `Disconnected`)
+//! reach the new connection before its CONNECT. The broker then drops the connection and the
+//! normal reconnect follows; with `reconnect_min` far above the driver's event latency (the
+//! default is one second) this does not happen in practice.
+//!
+//! Events still in the channel when the driver calls `close` or `abort` are delivered; the
+//! driver should ignore events for connections it no longer has.
+
+mod backoff;
+mod task;
+mod tls;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls_pki_types::ServerName;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{debug, warn, Instrument};
+
+use crate::config::{UpstreamConfig, UpstreamUrl};
+use crate::engine::ConnId;
+
+pub use tls::UpstreamError;
+
+/// Sends queued per connection before [`UpstreamPool::send`] gives up on it. Generous, because
+/// overflowing costs a reconnect; and cheap, because tokio allocates channel slots in small
+/// blocks as they fill, not up front.
+pub const QUEUE_CAPACITY: usize = 256;
+
+/// Longest [`UpstreamPool::shutdown`] waits for connections to flush and close before it aborts
+/// the rest.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where and how to connect, and how fast to retry.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// The broker.
+    pub target: Target,
+    /// First delay before reconnecting; it doubles after each failed attempt. It starts again
+    /// from here only after a connection that stayed up at least `reconnect_max`. Each delay is
+    /// varied by ±20% so that many connections do not retry in lockstep.
+    pub reconnect_min: Duration,
+    /// Longest delay before reconnecting (before the ±20%).
+    pub reconnect_max: Duration,
+}
+
+/// The broker's address and transport.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Plain TCP.
+    Tcp {
+        /// Host name or IP address; names are resolved on every connect, and each address is
+        /// tried in turn.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// TLS over TCP.
+    Tls {
+        /// Host name or IP address, as for [`Target::Tcp`].
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// The client configuration, built once and shared by all connections.
+        tls: Arc<rustls::ClientConfig>,
+        /// The name the broker's certificate must match.
+        server_name: ServerName<'static>,
+    },
+}
+
+impl Target {
+    fn host_port(&self) -> (&str, u16) {
+        match self {
+            Target::Tcp { host, port } | Target::Tls { host, port, .. } => (host, *port),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    /// `mqtt://host:port` or `mqtts://host:port`, for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self {
+            Target::Tcp { .. } => "mqtt",
+            Target::Tls { .. } => "mqtts",
+        };
+        let (host, port) = self.host_port();
+        if host.contains(':') {
+            write!(f, "{scheme}://[{host}]:{port}")
+        } else {
+            write!(f, "{scheme}://{host}:{port}")
+        }
+    }
+}
+
+impl UpstreamSettings {
+    /// Settings from `[upstream]`. For `mqtts://` this builds the TLS configuration once: trust
+    /// `ca_file` (PEM) or else the system's root certificates, and present `client_cert` with
+    /// `client_key` (PEM) if set.
+    ///
+    /// `url = "embedded"` becomes a plain TCP target at `embedded_bind`, with an unspecified
+    /// address (`0.0.0.0`, `::`) replaced by the loopback address of the same family; the
+    /// embedded broker must be listening there by the time the pool connects (or the first
+    /// attempts fail and are retried like any broker outage).
+    ///
+    /// # Errors
+    /// [`UpstreamError`], naming the setting and file: a file that cannot be read, is not PEM or
+    /// holds no certificate or key, a key that does not match its certificate, no usable
+    /// system roots, or a host that cannot be a TLS server name.
+    pub fn from_config(cfg: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        let target = match &cfg.url {
+            UpstreamUrl::Tcp { host, port } => Target::Tcp {
+                host: host.clone(),
+                port: *port,
+            },
+            UpstreamUrl::Tls { host, port } => Target::Tls {
+                host: host.clone(),
+                port: *port,
+                tls: Arc::new(tls::client_config(
+                    cfg.ca_file.as_deref(),
+                    cfg.client_cert.as_deref(),
+                    cfg.client_key.as_deref(),
+                )?),
+                server_name: tls::server_name(host)?,
+            },
+            UpstreamUrl::Embedded => {
+                let ip = match cfg.embedded_bind.ip() {
+                    IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    ip => ip,
+                };
+                Target::Tcp {
+                    host: ip.to_string(),
+                    port: cfg.embedded_bind.port(),
+                }
+            }
+        };
+        Ok(UpstreamSettings {
+            target,
+            reconnect_min: cfg.reconnect_min.to_std(),
+            reconnect_max: cfg.reconnect_max.to_std(),
+        })
+    }
+}
+
+/// What happened on one upstream connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// The TCP (and TLS) connection is up; the engine now sends its MQTT CONNECT.
+    Connected,
+    /// Bytes from the broker, in order. Chunks follow the socket's reads, not MQTT packet
+    /// boundaries.
+    Data(Bytes),
+    /// The connection broke or could not be made. The task keeps retrying until the connection
+    /// is closed or aborted; reported once per outage.
+    Disconnected,
+}
+
+/// The pool's handle on one running connection task.
+struct Handle {
+    /// Dropping this is how a connection is closed: the task writes what is queued, then sees
+    /// the end of the channel.
+    commands: mpsc::Sender<Bytes>,
+    control: Arc<task::Control>,
+    task: AbortHandle,
+}
+
+/// All upstream connections: one task each, all reporting to one events channel.
+///
+/// Call its methods from inside a tokio runtime. Every method but `shutdown` returns at once:
+/// the driver's loop never waits on a broker.
+///
+/// Dropping the pool without [`UpstreamPool::shutdown`] aborts every connection, as
+/// [`UpstreamPool::abort`] does.
+pub struct UpstreamPool {
+    shared: Arc<task::Shared>,
+    conns: HashMap<ConnId, Handle>,
+    /// Every task still running, including closed connections that are still flushing, so that
+    /// `shutdown` can wait for them too.
+    tasks: JoinSet<()>,
+}
+
+impl UpstreamPool {
+    /// A pool with no connections. Each task sends its events to `events`; when that channel is
+    /// closed (the driver is gone), tasks end.
+    pub fn new(settings: UpstreamSettings, events: mpsc::Sender<(ConnId, ConnEvent)>) -> Self {
+        UpstreamPool {
+            shared: Arc::new(task::Shared { settings, events }),
+            conns: HashMap::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Starts connecting `conn`; [`ConnEvent::Connected`] or [`ConnEvent::Disconnected`]
+    /// follows. Opening a connection that is already open does nothing.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the task cannot be spawned).
+    pub fn open(&mut self, conn: ConnId) {
+        self.reap();
+        if self.conns.contains_key(&conn) {
+            warn!(conn = conn.0, "upstream connection already open");
+            return;
+        }
+        let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let control = Arc::new(task::Control::default());
+        let span = tracing::info_span!("upstream", conn = conn.0);
+        let future = task::run(conn, Arc::clone(&self.shared), queue, Arc::clone(&control));
+        let task = self.tasks.spawn(future.instrument(span));
+        self.conns.insert(
+            conn,
+            Handle {
+                commands,
+                control,
+                task,
+            },
+        );
+    }
+
+    /// Queues `bytes` for `conn` without waiting.
+    ///
+    /// Bytes are discarded while the connection is down (see the module documentation). If the
+    /// connection's queue is full (the broker reads slower than the engine sends), the bytes
+    /// are not queued; since the MQTT stream now misses a packet, the connection is dropped
+    /// and reconnected ([`ConnEvent::Disconnected`], then [`ConnEvent::Connected`]), and
+    /// further sends are discarded until the task has dropped it. The engine's reconnect
+    /// handling resends what matters.
+    pub fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        let Some(handle) = self.conns.get(&conn) else {
+            debug!(
+                conn = conn.0,
+                "send on an upstream connection that is not open"
+            );
+            return;
+        };
+        if handle.control.reset_pending() {
+            return;
+        }
+        match handle.commands.try_send(bytes) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                warn!(
+                    conn = conn.0,
+                    "upstream send queue full; dropping the broker connection"
+                );
+                handle.control.request_reset();
+            }
+            // The task ended on its own, which it only does when the driver is gone.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Closes `conn` for good: the bytes already sent are written, the connection is shut down
+    /// (TLS close_notify, then FIN) and no event follows. Closing a connection that is down
+    /// ends its retries.
+    pub fn close(&mut self, conn: ConnId) {
+        // Dropping the sender is the close signal: the task finds the end of its queue after
+        // the last bytes sent. The control signal covers a task that is not reading its queue
+        // because a write is stuck on a slow broker.
+        match self.conns.remove(&conn) {
+            Some(handle) => handle.control.request_close(),
+            None => debug!(
+                conn = conn.0,
+                "close of an upstream connection that is not open"
+            ),
+        }
+        self.reap();
+    }
+
+    /// Drops `conn` at once, without writing what is still queued and without reconnecting.
+    /// The broker sees the connection end without an MQTT DISCONNECT, so it publishes the
+    /// client's will.
+    pub fn abort(&mut self, conn: ConnId) {
+        match self.conns.remove(&conn) {
+            Some(handle) => handle.task.abort(),
+            None => debug!(
+                conn = conn.0,
+                "abort of an upstream connection that is not open"
+            ),
+        }
+        self.reap();
+    }
+
+    /// Number of open connections (connected or retrying), not counting closed ones that are
+    /// still flushing.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// No connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Closes every connection as [`UpstreamPool::close`] does and waits for the tasks to
+    /// finish, at most [`SHUTDOWN_TIMEOUT`]; whatever is left then is aborted. Tasks wait on
+    /// the events channel when it is full, so keep receiving from it (or drop the receiver)
+    /// meanwhile.
+    pub async fn shutdown(mut self) {
+        for (_, handle) in self.conns.drain() {
+            handle.control.request_close();
+        }
+        let tasks = &mut self.tasks;
+        let all_done = async {
+            while let Some(result) = tasks.join_next().await {
+                log_join(result);
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, all_done)
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = self.tasks.len(),
+                "upstream connections did not close in time; aborting them"
+            );
+            self.tasks.shutdown().await;
+        }
+    }
+
+    /// Collects finished tasks, so that the set does not grow with every closed connection.
+    fn reap(&mut self) {
+        while let Some(result) = self.tasks.try_join_next() {
+            log_join(result);
+        }
+    }
+}
+
+fn log_join(result: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = result {
+        // Cancellation is what `abort` asked for; anything else is a bug in the task.
+        if !error.is_cancelled() {
+            tracing::error!(%error, "upstream connection task failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

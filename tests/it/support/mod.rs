@@ -1,0 +1,12 @@
+//! Test support for runs against real components: a Mosquitto broker started on a free
+//! loopback port, an MQTT subscriber (rumqttc) on the broker side, and MQTT-SN devices speaking
+//! over real UDP sockets.
+
+pub mod device;
+pub mod mosquitto;
+pub mod mqtt;
+
+use std::time::Duration;
+
+/// Upper bound for anything a test waits for; reaching it is a failure, not a synchronisation.
+pub const PATIENCE: Duration = Duration::from_secs(15);

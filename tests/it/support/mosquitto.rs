@@ -1,0 +1,165 @@
+//! A real Mosquitto broker for a test: started on a free 127.0.0.1 port with a throw-away config,
+//! ready once it logs that it is running, killed when dropped. It can be stopped and started
+//! again on the same port (broker restart tests).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// A running (or stopped) Mosquitto instance.
+pub struct Mosquitto {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    persistent: bool,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto on a free port. Panics with a clear message if it is not installed.
+    pub fn start() -> Mosquitto {
+        Self::start_with(false)
+    }
+
+    /// Starts Mosquitto with persistence: sessions and queued messages survive a graceful stop
+    /// ([`Mosquitto::stop_gracefully`]) and restart.
+    pub fn start_persistent() -> Mosquitto {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Mosquitto {
+        let dir = std::env::temp_dir().join(format!(
+            "mqttsn-mosquitto-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // Started as root, Mosquitto drops to its own user, which must be able to write its
+        // persistence file here.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777));
+        }
+        // The port is free when picked; another process could take it before Mosquitto binds,
+        // so retry with a new one if Mosquitto fails to start.
+        for _ in 0..5 {
+            let mut broker = Mosquitto {
+                child: None,
+                port: free_port(),
+                dir: dir.clone(),
+                persistent,
+            };
+            if broker.spawn() {
+                return broker;
+            }
+        }
+        panic!("mosquitto did not start (is it installed? `apt-get install -y mosquitto`)");
+    }
+
+    /// The broker's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (like a crash: connections reset, nothing persisted).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the broker with SIGTERM, so that it saves its persistent state.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn(),
+            "mosquitto did not restart on port {}",
+            self.port
+        );
+    }
+
+    /// Spawns Mosquitto and waits until it reports running; false if it exited instead.
+    fn spawn(&mut self) -> bool {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\n\
+                 max_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+                 log_type notice\nlog_type information\n{}",
+                self.port,
+                if self.persistent {
+                    format!(
+                        "persistence true\npersistence_location {}/\n",
+                        self.dir.display()
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "mosquitto"]
+            .into_iter()
+            .find(|p| !p.starts_with('/') || std::path::Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let mut child = match Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                panic!("cannot run mosquitto ({e}); install it: apt-get install -y mosquitto")
+            }
+        };
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        // Mosquitto logs "... running" once its listener is open; it exits on a bind error.
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains(" running"));
+        if !ready {
+            let _ = child.wait();
+            return false;
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        self.child = Some(child);
+        true
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
