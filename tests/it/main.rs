@@ -8,5 +8,6 @@ mod config;
 mod e2e;
 mod engine;
 mod fixture_frames;
+mod interop;
 mod support;
 mod transcript;
