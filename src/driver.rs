@@ -99,6 +99,9 @@ pub async fn start(config: Config) -> Result<Running, DriverError> {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], *port))),
         UpstreamUrl::Embedded => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
+    if config.gateway.mode == crate::config::Mode::Transparent {
+        warn_if_few_file_descriptors(config.gateway.max_clients);
+    }
     let settings = UpstreamSettings::from_config(&config.upstream)?;
     let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_QUEUE);
     let udp = UdpTransport::bind(&config.udp, datagram_tx)?;
@@ -132,6 +135,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// Transparent mode holds one broker connection per device: say so at start if the open-file
+/// limit cannot cover `max_clients` of them (raise it with `ulimit -n` or systemd's
+/// `LimitNOFILE=`).
+fn warn_if_few_file_descriptors(max_clients: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(soft) = soft {
+        let needed = max_clients.saturating_add(64);
+        if soft < needed {
+            tracing::warn!(
+                limit = soft,
+                needed,
+                "open-file limit too low for max_clients broker connections in transparent mode; \
+                 raise it (ulimit -n, or LimitNOFILE= in the systemd unit)"
+            );
+        }
+    }
 }
 
 /// The engine's clock: milliseconds since the loop started.

@@ -110,3 +110,58 @@ fn bad_command_line_exits_2() {
     let out = gateway(&["decode", "--bogus"], None);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn run_stops_cleanly_on_sigterm_with_exit_code_0() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("mqttsn-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[[udp]]\nbind = \"127.0.0.1:0\"\n[upstream]\nurl = \"embedded\"\nembedded_bind = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqttsn-gateway"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("RUST_LOG", "mqttsn_gateway=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Logs go to stdout; wait until the broker connection is up, i.e. fully started.
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("broker connection up")),
+        "the gateway did not come up"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("gateway stopped")),
+        "{rest:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_with_a_bad_config_or_broker_url_exits_2() {
+    let out = gateway(&["run", "-c", "/nonexistent/gateway.toml"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("/nonexistent/gateway.toml"), "{err}");
+    let out = gateway(&["run", "--broker", "http://example"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--broker http://example"), "{err}");
+}
