@@ -509,3 +509,114 @@ async fn embedded_broker_smoke_test() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_behind_one_forwarder_have_their_own_sessions() {
+    let broker = Mosquitto::start();
+    let mut sub = Client::connect(broker.port(), "fwd-watch").await;
+    sub.subscribe("fwd/#", MqttQoS::AtLeastOnce).await;
+    let (gw, addr) = gateway(config(&broker, Mode::Aggregating)).await;
+    // One UDP socket: the forwarder. Each node's frames are wrapped with its node id (§5.5).
+    let forwarder = Device::new(addr).await;
+    let wrap = |node: u8, msg: Message<'_>| {
+        Frame {
+            forwarder: Some(Forwarder {
+                radius: 0,
+                node_id: &[0x00, node],
+            }),
+            message: msg,
+        }
+        .to_vec()
+        .unwrap()
+    };
+    let unwrap = |bytes: &[u8]| -> (Vec<u8>, Vec<u8>) {
+        let frame = Frame::decode(bytes).unwrap();
+        let node = frame
+            .forwarder
+            .expect("reply encapsulated")
+            .node_id
+            .to_vec();
+        (node, frame.message.to_vec().unwrap())
+    };
+    for node in [1u8, 2] {
+        let id = format!("node-{node}");
+        let connect = wrap(
+            node,
+            Message::Connect(Connect {
+                will: false,
+                clean_session: true,
+                duration: 60,
+                client_id: &id,
+            }),
+        );
+        // Retried while the gateway's broker connection comes up (CONNACK congestion).
+        loop {
+            forwarder.socket.send_to(&connect, addr).await.unwrap();
+            let (to, reply) = unwrap(&forwarder.recv().await);
+            assert_eq!(to, [0, node]);
+            match Message::decode(&reply).unwrap() {
+                Message::ConnAck {
+                    return_code: ReturnCode::Accepted,
+                } => break,
+                Message::ConnAck {
+                    return_code: ReturnCode::Congestion,
+                } => tokio::task::yield_now().await,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // Both register a topic: each gets id 1 in its own table.
+    for node in [1u8, 2] {
+        let name = format!("fwd/{node}");
+        forwarder
+            .socket
+            .send_to(
+                &wrap(
+                    node,
+                    Message::Register(Register {
+                        topic_id: 0,
+                        msg_id: 1,
+                        topic_name: &name,
+                    }),
+                ),
+                addr,
+            )
+            .await
+            .unwrap();
+        let (to, reply) = unwrap(&forwarder.recv().await);
+        assert_eq!(to, [0, node]);
+        assert!(matches!(
+            Message::decode(&reply),
+            Ok(Message::RegAck(RegAck { topic_id: 1, .. }))
+        ));
+    }
+    for node in [1u8, 2] {
+        let publish = Message::Publish(Publish {
+            dup: false,
+            qos: QoS::One,
+            retain: false,
+            topic: TopicRef::Id(1),
+            msg_id: 2,
+            data: &[node],
+        });
+        forwarder
+            .socket
+            .send_to(&wrap(node, publish), addr)
+            .await
+            .unwrap();
+        let (to, reply) = unwrap(&forwarder.recv().await);
+        assert_eq!(to, [0, node]);
+        assert!(matches!(Message::decode(&reply), Ok(Message::PubAck(_))));
+    }
+    let mut seen = vec![sub.next().await, sub.next().await];
+    seen.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!(
+        (seen[0].topic.as_str(), &seen[0].payload[..]),
+        ("fwd/1", &[1u8][..])
+    );
+    assert_eq!(
+        (seen[1].topic.as_str(), &seen[1].payload[..]),
+        ("fwd/2", &[2u8][..])
+    );
+    gw.stop().await;
+}
