@@ -608,7 +608,7 @@ async fn two_nodes_behind_one_forwarder_have_their_own_sessions() {
         assert_eq!(to, [0, node]);
         assert!(matches!(Message::decode(&reply), Ok(Message::PubAck(_))));
     }
-    let mut seen = vec![sub.next().await, sub.next().await];
+    let mut seen = [sub.next().await, sub.next().await];
     seen.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(
         (seen[0].topic.as_str(), &seen[0].payload[..]),
