@@ -7,6 +7,7 @@ use crate::engine::{
     ConnId, Destination, Event, Gateway, Link, PeerAddr, UpstreamCommand, UpstreamEvent,
 };
 use crate::time::Instant;
+use crate::transport::serial::port::{SerialInbound, SerialTransport};
 use crate::transport::udp::{Datagram, UdpError, UdpTransport};
 use crate::transport::upstream::{ConnEvent, UpstreamError, UpstreamPool, UpstreamSettings};
 use std::future::Future;
@@ -109,6 +110,8 @@ pub async fn start(config: Config) -> Result<Running, DriverError> {
     for addr in &addrs {
         tracing::info!(%addr, "listening for MQTT-SN over UDP");
     }
+    let (serial_tx, serial_rx) = mpsc::channel(DATAGRAM_QUEUE);
+    let serial = SerialTransport::start(&config.serial, serial_tx);
     let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
     let pool = UpstreamPool::new(settings, events_tx);
     let engine = Gateway::new(&config);
@@ -116,7 +119,8 @@ pub async fn start(config: Config) -> Result<Running, DriverError> {
         let stop = async {
             let _ = stop_rx.await;
         };
-        event_loop(engine, udp, datagram_rx, pool, events_rx, stop).await;
+        let io = Io { udp, serial, pool };
+        event_loop(engine, io, datagram_rx, serial_rx, events_rx, stop).await;
     });
     Ok(Running {
         udp: addrs,
@@ -175,17 +179,24 @@ impl Clock {
     }
 }
 
+/// The transports the loop writes to.
+struct Io {
+    udp: UdpTransport,
+    serial: SerialTransport,
+    pool: UpstreamPool,
+}
+
 async fn event_loop(
     mut engine: Gateway,
-    mut udp: UdpTransport,
+    mut io: Io,
     mut datagrams: mpsc::Receiver<Datagram>,
-    mut pool: UpstreamPool,
+    mut serial: mpsc::Receiver<SerialInbound>,
     mut upstream: mpsc::Receiver<(ConnId, ConnEvent)>,
     stop: impl Future<Output = ()>,
 ) {
     let clock = Clock(std::time::Instant::now());
     tokio::pin!(stop);
-    flush(&mut engine, &mut udp, &mut pool).await;
+    flush(&mut engine, &mut io).await;
     loop {
         let deadline = engine.poll_timeout();
         let sleep_until = clock.deadline(deadline.unwrap_or(Instant::from_millis(u64::MAX / 4)));
@@ -195,11 +206,18 @@ async fn event_loop(
                 let mut next = Some(first);
                 let mut taken = 0;
                 while let Some(d) = next {
-                    udp.heard(d.listener, d.from);
+                    io.udp.heard(d.listener, d.from);
                     engine.handle_frame(clock.now(), PeerAddr::udp(d.from), &d.bytes);
                     taken += 1;
                     next = if taken < BATCH { datagrams.try_recv().ok() } else { None };
                 }
+            }
+            Some(frame) = serial.recv() => {
+                let link = Link::Serial {
+                    port: frame.port,
+                    radio: frame.radio.map_or(0, |r| r.addr64),
+                };
+                engine.handle_frame(clock.now(), PeerAddr::direct(link), &frame.bytes);
             }
             Some(first) = upstream.recv() => {
                 let mut next = Some(first);
@@ -219,39 +237,39 @@ async fn event_loop(
                 engine.handle_timeout(clock.now());
             }
         }
-        flush(&mut engine, &mut udp, &mut pool).await;
+        flush(&mut engine, &mut io).await;
     }
     engine.shutdown();
-    flush(&mut engine, &mut udp, &mut pool).await;
-    pool.shutdown().await;
+    flush(&mut engine, &mut io).await;
+    io.pool.shutdown().await;
     tracing::info!(counters = ?engine.counters(), "gateway stopped");
 }
 
 /// Moves everything the engine produced into the transports and the log.
-async fn flush(engine: &mut Gateway, udp: &mut UdpTransport, pool: &mut UpstreamPool) {
+async fn flush(engine: &mut Gateway, io: &mut Io) {
     while let Some(command) = engine.poll_upstream() {
         match command {
-            UpstreamCommand::Open(conn) => pool.open(conn),
-            UpstreamCommand::Send(conn, bytes) => pool.send(conn, bytes),
-            UpstreamCommand::Close(conn) => pool.close(conn),
-            UpstreamCommand::Abort(conn) => pool.abort(conn),
+            UpstreamCommand::Open(conn) => io.pool.open(conn),
+            UpstreamCommand::Send(conn, bytes) => io.pool.send(conn, bytes),
+            UpstreamCommand::Close(conn) => io.pool.close(conn),
+            UpstreamCommand::Abort(conn) => io.pool.abort(conn),
         }
     }
     while let Some(transmit) = engine.poll_transmit() {
         match transmit.to {
-            Destination::Peer(PeerAddr {
-                link: Link::Udp(addr),
-                ..
-            }) => udp.send_to(addr, &transmit.bytes).await,
-            Destination::Broadcast { near } => {
-                let near = near.and_then(|p| match p.link {
-                    Link::Udp(addr) => Some(addr),
-                    Link::Serial { .. } => None,
-                });
-                udp.broadcast(near, &transmit.bytes).await;
+            Destination::Peer(peer) => match peer.link {
+                Link::Udp(addr) => io.udp.send_to(addr, &transmit.bytes).await,
+                Link::Serial { port, radio } => io.serial.send(port, radio, &transmit.bytes),
+            },
+            // ADVERTISE goes everywhere; GWINFO where the SEARCHGW came from.
+            Destination::Broadcast { near: None } => {
+                io.udp.broadcast(None, &transmit.bytes).await;
+                io.serial.broadcast(None, &transmit.bytes);
             }
-            // Serial transports arrive with the serial issue; nothing routes there yet.
-            Destination::Peer(_) => {}
+            Destination::Broadcast { near: Some(peer) } => match peer.link {
+                Link::Udp(addr) => io.udp.broadcast(Some(addr), &transmit.bytes).await,
+                Link::Serial { port, .. } => io.serial.broadcast(Some(port), &transmit.bytes),
+            },
         }
     }
     while let Some(event) = engine.poll_event() {

@@ -317,7 +317,7 @@ async fn sleeping_device_gets_its_messages_on_wake_up() {
     let mut got = Vec::new();
     let mut pinged = false;
     // Messages may still be on their way to the gateway: wake up until all three were seen.
-    for _ in 0..50 {
+    for _ in 0..5000 {
         dev.send(Message::PingReq {
             client_id: Some("sleeper"),
         })

@@ -9,5 +9,6 @@ mod e2e;
 mod engine;
 mod fixture_frames;
 mod interop;
+mod serial;
 mod support;
 mod transcript;

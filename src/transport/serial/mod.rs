@@ -2,3 +2,4 @@
 //! format (raw, SLIP, XBee API).
 
 pub mod framing;
+pub mod port;
