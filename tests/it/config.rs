@@ -1004,3 +1004,19 @@ fn a_missing_file_is_an_io_error_naming_it() {
         .to_string()
         .starts_with(&format!("cannot read {}: ", path.display())));
 }
+
+#[test]
+fn hil_example_configs_load() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hil/configs");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = mqttsn_gateway::config::Config::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(config.serial.len(), 1, "{}", path.display());
+            loaded += 1;
+        }
+    }
+    assert_eq!(loaded, 3);
+}
