@@ -242,6 +242,9 @@ async fn event_loop(
     engine.shutdown();
     flush(&mut engine, &mut io).await;
     io.pool.shutdown().await;
+    for (port, stats) in io.serial.stats() {
+        tracing::info!(%port, ?stats, "serial port totals");
+    }
     tracing::info!(counters = ?engine.counters(), "gateway stopped");
 }
 

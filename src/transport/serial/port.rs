@@ -7,6 +7,8 @@ use super::framing::{raw::RawCodec, slip::SlipCodec, Deframer, Encoder, RadioAdd
 use crate::config::{Framing, Parity, SerialConfig};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -35,9 +37,25 @@ struct Outbound {
     bytes: Bytes,
 }
 
+/// Running totals of one port, for the log and metrics.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    /// Frames received from devices.
+    pub frames_in: AtomicU64,
+    /// Frames written to the line.
+    pub frames_out: AtomicU64,
+    /// Line noise, bad checksums or CRCs, oversize or unsupported frames (see the debug log).
+    pub dropped_in: AtomicU64,
+    /// Frames not sent: too long for the radio, or the port was missing.
+    pub dropped_out: AtomicU64,
+    /// XBee transmit status reports of failed deliveries.
+    pub delivery_failures: AtomicU64,
+}
+
 /// All serial ports.
 pub struct SerialTransport {
     ports: Vec<mpsc::Sender<Outbound>>,
+    stats: Vec<(String, Arc<PortStats>)>,
     /// Frames not queued because a port's queue was full (the port is gone or too slow).
     pub dropped: u64,
 }
@@ -46,12 +64,30 @@ impl SerialTransport {
     /// Starts a task per port, feeding `inbound`. Must be called within a tokio runtime.
     pub fn start(configs: &[SerialConfig], inbound: mpsc::Sender<SerialInbound>) -> Self {
         let mut ports = Vec::with_capacity(configs.len());
+        let mut stats = Vec::with_capacity(configs.len());
         for (index, config) in configs.iter().enumerate() {
             let (tx, rx) = mpsc::channel(OUT_QUEUE);
-            tokio::spawn(run_port(index as u16, config.clone(), rx, inbound.clone()));
+            let port_stats = Arc::new(PortStats::default());
+            stats.push((config.port.clone(), port_stats.clone()));
+            tokio::spawn(run_port(
+                index as u16,
+                config.clone(),
+                rx,
+                inbound.clone(),
+                port_stats,
+            ));
             ports.push(tx);
         }
-        SerialTransport { ports, dropped: 0 }
+        SerialTransport {
+            ports,
+            stats,
+            dropped: 0,
+        }
+    }
+
+    /// Each port's name and totals.
+    pub fn stats(&self) -> &[(String, Arc<PortStats>)] {
+        &self.stats
     }
 
     /// Queues a frame for `radio` (0: the port has no addresses) behind `port`.
@@ -131,6 +167,7 @@ async fn run_port(
     config: SerialConfig,
     mut outbound: mpsc::Receiver<Outbound>,
     inbound: mpsc::Sender<SerialInbound>,
+    stats: Arc<PortStats>,
 ) {
     let mut delay = REOPEN_MIN;
     let mut reported_missing = false;
@@ -145,7 +182,9 @@ async fn run_port(
                     reported_missing = true;
                 }
                 // Frames for devices behind a missing port cannot be delivered: discard them.
-                while outbound.try_recv().is_ok() {}
+                while outbound.try_recv().is_ok() {
+                    stats.dropped_out.fetch_add(1, Relaxed);
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(REOPEN_MAX);
                 continue;
@@ -168,6 +207,7 @@ async fn run_port(
                     while let Some(item) = codec.next() {
                         match item {
                             Received::Frame(frame) => {
+                                stats.frames_in.fetch_add(1, Relaxed);
                                 if let Some(radio) = frame.source {
                                     short_addr.insert(radio.addr64, radio.addr16);
                                 }
@@ -177,10 +217,12 @@ async fn run_port(
                                 }
                             }
                             Received::TxStatus { delivery, addr16, .. } if delivery != 0 => {
-                                tracing::debug!(port = %config.port, addr16, delivery, "radio delivery failed");
+                                stats.delivery_failures.fetch_add(1, Relaxed);
+                                tracing::warn!(port = %config.port, addr16, delivery, "radio delivery failed");
                             }
                             Received::Dropped(reason) => {
-                                tracing::debug!(port = %config.port, ?reason, "serial frame dropped");
+                                stats.dropped_in.fetch_add(1, Relaxed);
+                                tracing::debug!(port = %config.port, %reason, "serial frame dropped");
                             }
                             _ => {}
                         }
@@ -197,8 +239,12 @@ async fn run_port(
                             if stream.write_all(&write_buf).await.is_err() {
                                 break;
                             }
+                            stats.frames_out.fetch_add(1, Relaxed);
                         }
-                        Err(e) => tracing::warn!(port = %config.port, error = %e, "frame not sent"),
+                        Err(e) => {
+                            stats.dropped_out.fetch_add(1, Relaxed);
+                            tracing::warn!(port = %config.port, error = %e, "frame not sent");
+                        }
                     }
                 }
             }
