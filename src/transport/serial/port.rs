@@ -224,7 +224,11 @@ async fn run_port(
                                 stats.dropped_in.fetch_add(1, Relaxed);
                                 tracing::debug!(port = %config.port, %reason, "serial frame dropped");
                             }
-                            _ => {}
+                            Received::ModemStatus(status) => {
+                                // 0 hardware reset, 1 watchdog reset, 2 joined, 3 disassociated...
+                                tracing::info!(port = %config.port, status, "radio modem status");
+                            }
+                            Received::TxStatus { .. } => {}
                         }
                     }
                 }
