@@ -44,25 +44,27 @@ impl Gateway {
         self.drain_session(now, conn);
     }
 
-    /// Moves everything the MQTT session of `conn` produced into the engine's outputs and
-    /// reacts to its events.
+    /// Reacts to the events of the MQTT session of `conn`, and notes that it may have bytes to
+    /// send: they are collected once per connection when the driver polls
+    /// ([`Gateway::poll_upstream`]), so a burst of publishes becomes one write, not one each.
     pub(super) fn drain_session(&mut self, now: Instant, conn: ConnId) {
         loop {
             let Some(up) = self.upstreams.get_mut(&conn) else {
                 return;
             };
-            while let Some(bytes) = up.session.poll_transmit() {
-                self.commands.push_back(UpstreamCommand::Send(conn, bytes));
-            }
             let Some(event) = up.session.poll_event() else {
                 break;
             };
             self.on_mqtt_event(now, conn, event);
         }
-        // Keep one timer entry per connection at its earliest deadline.
         let Some(up) = self.upstreams.get_mut(&conn) else {
             return;
         };
+        if !up.dirty {
+            up.dirty = true;
+            self.dirty_conns.push(conn);
+        }
+        // Keep one timer entry per connection at its earliest deadline.
         if let Some(at) = up.session.poll_timeout() {
             if up.scheduled.is_none_or(|s| at < s) {
                 up.scheduled = Some(at);
@@ -234,6 +236,18 @@ impl Gateway {
         self.supervise(key);
         self.resume_inflight(now, key);
         self.pump(now, key);
+    }
+
+    /// Turns what every session with pending output has queued into one `Send` each.
+    pub(super) fn collect_session_output(&mut self) {
+        for conn in std::mem::take(&mut self.dirty_conns) {
+            if let Some(up) = self.upstreams.get_mut(&conn) {
+                up.dirty = false;
+                if let Some(bytes) = up.session.poll_transmit() {
+                    self.commands.push_back(UpstreamCommand::Send(conn, bytes));
+                }
+            }
+        }
     }
 
     /// Closes an upstream connection: with DISCONNECT (`graceful`, the will is discarded) or by

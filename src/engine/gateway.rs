@@ -62,6 +62,8 @@ pub(super) struct Upstream {
     pub owner: Option<ClientKey>,
     /// The earliest keep-alive deadline already in the timer queue.
     pub scheduled: Option<Instant>,
+    /// Listed in `dirty_conns`: its session may have bytes to send.
+    pub dirty: bool,
 }
 
 /// Settings the engine consults on hot paths, resolved once from the configuration.
@@ -101,6 +103,8 @@ pub struct Gateway {
     pub(super) advertise_at: Option<Instant>,
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) commands: VecDeque<UpstreamCommand>,
+    /// Connections whose sessions may have output not yet turned into a `Send`.
+    pub(super) dirty_conns: Vec<ConnId>,
     pub(super) events: VecDeque<Event>,
     pub(super) counters: Counters,
     /// Scratch space for subscription matching, reused to avoid an allocation per message.
@@ -147,6 +151,7 @@ impl Gateway {
             advertise_at: None,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
+            dirty_conns: Vec::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
             scratch: Vec::new(),
@@ -225,6 +230,9 @@ impl Gateway {
     /// The next thing to do with an upstream connection.
     #[must_use]
     pub fn poll_upstream(&mut self) -> Option<UpstreamCommand> {
+        if self.commands.is_empty() {
+            self.collect_session_output();
+        }
         self.commands.pop_front()
     }
 
@@ -474,6 +482,7 @@ impl Gateway {
                 session,
                 owner,
                 scheduled: None,
+                dirty: false,
             },
         );
         self.commands.push_back(UpstreamCommand::Open(conn));

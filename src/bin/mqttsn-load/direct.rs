@@ -313,9 +313,10 @@ impl Producer {
             }
             self.pacer.wait().await;
             if self.qos1 {
-                match self.window.acquire().await {
-                    Ok(permit) => permit.forget(),
-                    Err(_) => break,
+                // A PUBACK that never comes (e.g. lost in a reconnect) must not hang the run.
+                match tokio::time::timeout(Duration::from_secs(30), self.window.acquire()).await {
+                    Ok(Ok(permit)) => permit.forget(),
+                    _ => break,
                 }
                 // The slot may have taken a while: the run may be over.
                 if self.limit.reached(u64::from(seq), Instant::now()) {

@@ -165,9 +165,10 @@ pub async fn run(p: Params) -> Result<(), String> {
         }
         pacer.wait().await;
         if p.qos1 {
-            match window.acquire().await {
-                Ok(permit) => permit.forget(),
-                Err(_) => break,
+            // A PUBACK that never comes (e.g. lost in a reconnect) must not hang the run.
+            match tokio::time::timeout(Duration::from_secs(30), window.acquire()).await {
+                Ok(Ok(permit)) => permit.forget(),
+                _ => break,
             }
         }
         let (topic, device, seq) = if p.fan_out {

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 /// Load generator and benchmark for mqttsn-gateway.
 #[derive(Parser)]
-#[command(name = "mqttsn-load", version, about)]
+#[command(name = "mqttsn-load", version)]
 struct Cli {
     /// Tokio worker threads of the load generator.
     #[arg(long, global = true, default_value_t = 2)]
@@ -334,6 +334,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                 hold: Duration::from_secs_f64(a.hold),
                 gateway_pid: a.observe.gateway_pid,
                 disconnect_concurrency: a.disconnect_concurrency,
+                quiet,
                 watched: Watched::new(a.observe.gateway_pid, a.observe.broker_pid),
             };
             println!(

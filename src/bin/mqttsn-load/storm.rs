@@ -24,6 +24,7 @@ pub struct Params {
     pub hold: Duration,
     pub gateway_pid: Option<u32>,
     pub disconnect_concurrency: usize,
+    pub quiet: bool,
     pub watched: Watched,
 }
 
@@ -148,7 +149,7 @@ pub async fn run(p: Params) -> Result<(), String> {
                 }
                 None => break,
             },
-            _ = tick.tick() => {
+            _ = tick.tick(), if !p.quiet => {
                 eprintln!(
                     "  {:6.1} s  accepted {accepted:>7} (+{})  congestion answers {}  resends {}  failed {failed}",
                     t0.elapsed().as_secs_f64(),

@@ -210,7 +210,11 @@ impl UpstreamPool {
     /// closed (the driver is gone), tasks end.
     pub fn new(settings: UpstreamSettings, events: mpsc::Sender<(ConnId, ConnEvent)>) -> Self {
         UpstreamPool {
-            shared: Arc::new(task::Shared { settings, events }),
+            shared: Arc::new(task::Shared {
+                settings,
+                events,
+                connect_slots: tokio::sync::Semaphore::new(task::CONCURRENT_CONNECTS),
+            }),
             conns: HashMap::new(),
             tasks: JoinSet::new(),
         }

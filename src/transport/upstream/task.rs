@@ -21,6 +21,10 @@ use crate::engine::ConnId;
 /// Room made in the read buffer before each read. MQTT packets from a broker are mostly small;
 /// larger ones simply arrive as several `Data` chunks.
 const READ_CHUNK: usize = 4096;
+/// Room made for the first reads: an idle connection (most of them, in transparent mode with
+/// thousands of devices) keeps only this much; a read that fills it grows the room up to
+/// [`READ_CHUNK`].
+const FIRST_READ_CHUNK: usize = 512;
 
 /// Most queued bytes gathered into one write. Batching saves syscalls (and TLS records) when
 /// the engine sends many small packets in a burst; the bound keeps one connection's write buffer
@@ -39,7 +43,14 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct Shared {
     pub(super) settings: UpstreamSettings,
     pub(super) events: mpsc::Sender<(ConnId, ConnEvent)>,
+    /// Connection attempts under way at once are limited: thousands of simultaneous SYNs (a
+    /// transparent-mode CONNECT storm) overflow the broker's listen backlog, and every lost SYN
+    /// costs a 1-2-4 s retransmission.
+    pub(super) connect_slots: tokio::sync::Semaphore,
 }
+
+/// Connection attempts allowed at the same time (see [`Shared::connect_slots`]).
+pub(super) const CONCURRENT_CONNECTS: usize = 64;
 
 /// Out-of-band signals from the pool to one task, for when the command queue cannot carry
 /// them: it is full (reset), or the task is not reading it because a write to a slow broker is
@@ -197,7 +208,11 @@ impl Task {
     /// Connects, meanwhile discarding whatever the engine sends. `None`: closed meanwhile.
     async fn connect(&mut self) -> Option<io::Result<(Stream, SocketAddr)>> {
         let shared = Arc::clone(&self.shared);
-        let attempt = open_stream(&shared.settings.target);
+        let attempt = async {
+            // A closed semaphore cannot happen (it lives as long as `shared`); connect anyway.
+            let _slot = shared.connect_slots.acquire().await.ok();
+            open_stream(&shared.settings.target).await
+        };
         tokio::pin!(attempt);
         loop {
             tokio::select! {
@@ -254,13 +269,14 @@ impl Task {
         // read never stops us from reading what it sends (both sides blocked on full buffers
         // would deadlock).
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut room = FIRST_READ_CHUNK;
+        let mut rbuf = BytesMut::with_capacity(room);
         let mut wbuf = BytesMut::new();
         let mut unflushed = false;
         loop {
             // After `split().freeze()` hands a chunk on, the tail of the allocation is reused;
             // without spare room `read_buf` would return 0, which looks like end of stream.
-            rbuf.reserve(READ_CHUNK);
+            rbuf.reserve(room);
             let writing = !wbuf.is_empty() || unflushed;
             let step = tokio::select! {
                 read = reader.read_buf(&mut rbuf) => Step::Read(read),
@@ -276,7 +292,10 @@ impl Task {
                     );
                     return Outcome::Lost(error);
                 }
-                Step::Read(Ok(_)) => {
+                Step::Read(Ok(n)) => {
+                    if n >= room {
+                        room = (room * 2).min(READ_CHUNK);
+                    }
                     let chunk = rbuf.split().freeze();
                     if self.report(ConnEvent::Data(chunk)).await.is_err() {
                         return Outcome::DriverGone;
