@@ -213,7 +213,7 @@ impl UpstreamPool {
             shared: Arc::new(task::Shared {
                 settings,
                 events,
-                connect_slots: tokio::sync::Semaphore::new(task::CONCURRENT_CONNECTS),
+                connect_slots: Arc::new(tokio::sync::Semaphore::new(task::CONCURRENT_CONNECTS)),
             }),
             conns: HashMap::new(),
             tasks: JoinSet::new(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -43,10 +43,10 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct Shared {
     pub(super) settings: UpstreamSettings,
     pub(super) events: mpsc::Sender<(ConnId, ConnEvent)>,
-    /// Connection attempts under way at once are limited: thousands of simultaneous SYNs (a
-    /// transparent-mode CONNECT storm) overflow the broker's listen backlog, and every lost SYN
-    /// costs a 1-2-4 s retransmission.
-    pub(super) connect_slots: tokio::sync::Semaphore,
+    /// Connections being set up at once are limited, from the first SYN until the broker's
+    /// first bytes (its CONNACK): thousands at once (a transparent-mode CONNECT storm) overflow
+    /// the broker's accept queue, and every dropped handshake costs a 1-2-4 s retransmission.
+    pub(super) connect_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Connection attempts allowed at the same time (see [`Shared::connect_slots`]).
@@ -150,7 +150,7 @@ impl Task {
                 return;
             };
             match attempt {
-                Ok((stream, addr)) => {
+                Ok((stream, addr, slot)) => {
                     // Anything still queued was sent for an earlier connection (the engine only
                     // sends for this one once it has seen `Connected`); the broker must see the
                     // engine's CONNECT first.
@@ -164,8 +164,8 @@ impl Task {
                     // ends the task or reports `Disconnected`.
                     let up_since = Instant::now();
                     let outcome = match stream {
-                        Stream::Tcp(stream) => self.pump(stream).await,
-                        Stream::Tls(stream) => self.pump(stream).await,
+                        Stream::Tcp(stream) => self.pump(stream, slot).await,
+                        Stream::Tls(stream) => self.pump(stream, slot).await,
                     };
                     match outcome {
                         Outcome::Closed | Outcome::DriverGone => return,
@@ -206,12 +206,16 @@ impl Task {
     }
 
     /// Connects, meanwhile discarding whatever the engine sends. `None`: closed meanwhile.
-    async fn connect(&mut self) -> Option<io::Result<(Stream, SocketAddr)>> {
+    async fn connect(
+        &mut self,
+    ) -> Option<io::Result<(Stream, SocketAddr, Option<OwnedSemaphorePermit>)>> {
         let shared = Arc::clone(&self.shared);
         let attempt = async {
             // A closed semaphore cannot happen (it lives as long as `shared`); connect anyway.
-            let _slot = shared.connect_slots.acquire().await.ok();
-            open_stream(&shared.settings.target).await
+            let slot = Arc::clone(&shared.connect_slots).acquire_owned().await.ok();
+            open_stream(&shared.settings.target)
+                .await
+                .map(|(stream, addr)| (stream, addr, slot))
         };
         tokio::pin!(attempt);
         loop {
@@ -264,7 +268,13 @@ impl Task {
     }
 
     /// Moves bytes both ways until the connection breaks or is closed.
-    async fn pump<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: S) -> Outcome {
+    /// `slot` is the connection's place among those being set up, given back when the broker
+    /// first speaks.
+    async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: S,
+        mut slot: Option<OwnedSemaphorePermit>,
+    ) -> Outcome {
         // Reading and writing are separate select! branches so that a broker that is slow to
         // read never stops us from reading what it sends (both sides blocked on full buffers
         // would deadlock).
@@ -293,6 +303,7 @@ impl Task {
                     return Outcome::Lost(error);
                 }
                 Step::Read(Ok(n)) => {
+                    drop(slot.take()); // the broker spoke: the handshake is over
                     if n >= room {
                         room = (room * 2).min(READ_CHUNK);
                     }
