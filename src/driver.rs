@@ -6,7 +6,9 @@ use crate::config::{Config, UpstreamUrl};
 use crate::engine::{
     ConnId, Destination, Event, Gateway, Link, PeerAddr, UpstreamCommand, UpstreamEvent,
 };
+use crate::record::snlog::{Endpoint, Payload, RecordEvent, Recorder};
 use crate::time::Instant;
+use crate::transcript::Control;
 use crate::transport::serial::port::{SerialInbound, SerialTransport};
 use crate::transport::udp::{Datagram, UdpError, UdpTransport};
 use crate::transport::upstream::{ConnEvent, UpstreamError, UpstreamPool, UpstreamSettings};
@@ -71,8 +73,20 @@ impl Running {
     }
 }
 
+/// What the gateway records while it runs (`--record`).
+#[derive(Default)]
+pub struct Recording {
+    /// The transcript recorder, if recording.
+    pub snlog: Option<Recorder>,
+}
+
 /// Starts the gateway in the current tokio runtime and returns once it is listening.
 pub async fn start(config: Config) -> Result<Running, DriverError> {
+    start_with(config, Recording::default()).await
+}
+
+/// [`start`], recording the traffic as `recording` says.
+pub async fn start_with(config: Config, recording: Recording) -> Result<Running, DriverError> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut config = config;
     #[cfg(feature = "embedded-broker")]
@@ -119,7 +133,12 @@ pub async fn start(config: Config) -> Result<Running, DriverError> {
         let stop = async {
             let _ = stop_rx.await;
         };
-        let io = Io { udp, serial, pool };
+        let io = Io {
+            udp,
+            serial,
+            pool,
+            recorder: recording.snlog,
+        };
         event_loop(engine, io, datagram_rx, serial_rx, events_rx, stop).await;
     });
     Ok(Running {
@@ -133,8 +152,12 @@ pub async fn start(config: Config) -> Result<Running, DriverError> {
 }
 
 /// Runs the gateway until `shutdown` completes (SIGINT/SIGTERM in `main`), then stops cleanly.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DriverError> {
-    let running = start(config).await?;
+pub async fn run(
+    config: Config,
+    recording: Recording,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DriverError> {
+    let running = start_with(config, recording).await?;
     shutdown.await;
     tracing::info!("shutting down");
     running.stop().await;
@@ -184,6 +207,29 @@ struct Io {
     udp: UdpTransport,
     serial: SerialTransport,
     pool: UpstreamPool,
+    recorder: Option<Recorder>,
+}
+
+impl Io {
+    /// Records an event when recording; costs one branch otherwise.
+    fn record(&self, at: Instant, inbound: bool, peer: Endpoint, payload: Payload) {
+        if let Some(recorder) = &self.recorder {
+            recorder.record(RecordEvent {
+                at,
+                inbound,
+                peer,
+                payload,
+            });
+        }
+    }
+}
+
+/// The recorder's name for a broker connection: with its device in transparent mode.
+fn broker_endpoint(engine: &Gateway, conn: ConnId) -> Endpoint {
+    Endpoint::Broker {
+        conn: conn.0,
+        owner: engine.upstream_owner(conn).map(|(_, peer)| peer),
+    }
 }
 
 async fn event_loop(
@@ -196,7 +242,7 @@ async fn event_loop(
 ) {
     let clock = Clock(std::time::Instant::now());
     tokio::pin!(stop);
-    flush(&mut engine, &mut io).await;
+    flush(&mut engine, &mut io, clock.now()).await;
     loop {
         let deadline = engine.poll_timeout();
         let sleep_until = clock.deadline(deadline.unwrap_or(Instant::from_millis(u64::MAX / 4)));
@@ -207,7 +253,9 @@ async fn event_loop(
                 let mut taken = 0;
                 while let Some(d) = next {
                     io.udp.heard(d.listener, d.from);
-                    engine.handle_frame(clock.now(), PeerAddr::udp(d.from), &d.bytes);
+                    let now = clock.now();
+                    io.record(now, true, Endpoint::Device(PeerAddr::udp(d.from)), Payload::Bytes(d.bytes.clone()));
+                    engine.handle_frame(now, PeerAddr::udp(d.from), &d.bytes);
                     taken += 1;
                     next = if taken < BATCH { datagrams.try_recv().ok() } else { None };
                 }
@@ -217,18 +265,29 @@ async fn event_loop(
                     port: frame.port,
                     radio: frame.radio.map_or(0, |r| r.addr64),
                 };
-                engine.handle_frame(clock.now(), PeerAddr::direct(link), &frame.bytes);
+                let now = clock.now();
+                io.record(now, true, Endpoint::Device(PeerAddr::direct(link)), Payload::Bytes(frame.bytes.clone()));
+                engine.handle_frame(now, PeerAddr::direct(link), &frame.bytes);
             }
             Some(first) = upstream.recv() => {
                 let mut next = Some(first);
                 let mut taken = 0;
                 while let Some((conn, event)) = next {
+                    let now = clock.now();
+                    if io.recorder.is_some() {
+                        let payload = match &event {
+                            ConnEvent::Connected => Payload::Control(Control::Up),
+                            ConnEvent::Data(bytes) => Payload::Bytes(bytes.clone()),
+                            ConnEvent::Disconnected => Payload::Control(Control::Down),
+                        };
+                        io.record(now, true, broker_endpoint(&engine, conn), payload);
+                    }
                     let event = match &event {
                         ConnEvent::Connected => UpstreamEvent::Connected,
                         ConnEvent::Data(bytes) => UpstreamEvent::Data(bytes),
                         ConnEvent::Disconnected => UpstreamEvent::Disconnected,
                     };
-                    engine.handle_upstream(clock.now(), conn, event);
+                    engine.handle_upstream(now, conn, event);
                     taken += 1;
                     next = if taken < BATCH { upstream.try_recv().ok() } else { None };
                 }
@@ -237,11 +296,18 @@ async fn event_loop(
                 engine.handle_timeout(clock.now());
             }
         }
-        flush(&mut engine, &mut io).await;
+        flush(&mut engine, &mut io, clock.now()).await;
     }
     engine.shutdown();
-    flush(&mut engine, &mut io).await;
+    flush(&mut engine, &mut io, clock.now()).await;
     io.pool.shutdown().await;
+    if let Some(recorder) = io.recorder.take() {
+        let skipped = recorder.skipped();
+        recorder.finish();
+        if skipped > 0 {
+            tracing::warn!(skipped, "recording could not keep up; events were skipped");
+        }
+    }
     for (port, stats) in io.serial.stats() {
         tracing::info!(%port, ?stats, "serial port totals");
     }
@@ -249,8 +315,17 @@ async fn event_loop(
 }
 
 /// Moves everything the engine produced into the transports and the log.
-async fn flush(engine: &mut Gateway, io: &mut Io) {
+async fn flush(engine: &mut Gateway, io: &mut Io, now: Instant) {
     while let Some(command) = engine.poll_upstream() {
+        if io.recorder.is_some() {
+            let (conn, payload) = match &command {
+                UpstreamCommand::Open(c) => (*c, Payload::Control(Control::Open)),
+                UpstreamCommand::Send(c, bytes) => (*c, Payload::Bytes(bytes.clone())),
+                UpstreamCommand::Close(c) => (*c, Payload::Control(Control::Close)),
+                UpstreamCommand::Abort(c) => (*c, Payload::Control(Control::Abort)),
+            };
+            io.record(now, false, broker_endpoint(engine, conn), payload);
+        }
         match command {
             UpstreamCommand::Open(conn) => io.pool.open(conn),
             UpstreamCommand::Send(conn, bytes) => io.pool.send(conn, bytes),
@@ -259,6 +334,18 @@ async fn flush(engine: &mut Gateway, io: &mut Io) {
         }
     }
     while let Some(transmit) = engine.poll_transmit() {
+        if io.recorder.is_some() {
+            let to = match transmit.to {
+                Destination::Peer(peer) => Endpoint::Device(peer),
+                Destination::Broadcast { .. } => Endpoint::Broadcast,
+            };
+            io.record(
+                now,
+                false,
+                to,
+                Payload::Bytes(bytes::Bytes::copy_from_slice(&transmit.bytes)),
+            );
+        }
         match transmit.to {
             Destination::Peer(peer) => match peer.link {
                 Link::Udp(addr) => io.udp.send_to(addr, &transmit.bytes).await,

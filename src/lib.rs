@@ -22,6 +22,7 @@
 //! - [`driver`]: the tokio event loop that owns the engine and runs the transports.
 //! - [`transport`]: UDP towards devices, TCP/TLS towards the broker.
 //! - `embedded`: an in-process MQTT broker for zero-setup starts (feature `embedded-broker`).
+//! - [`record`]: recordings while running: transcripts (`--record`) and pcap files for Wireshark.
 //! - [`hex`]: hex parsing and formatting shared by the CLI and transcripts.
 
 pub mod codec;
@@ -32,6 +33,7 @@ pub mod driver;
 pub mod embedded;
 pub mod engine;
 pub mod hex;
+pub mod record;
 pub mod time;
 pub mod transcript;
 pub mod transport;

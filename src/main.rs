@@ -5,6 +5,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mqttsn_gateway::codec::DecodeOptions;
 use mqttsn_gateway::config::{Config, Mode, UdpConfig, UpstreamUrl};
 use mqttsn_gateway::decode_tool::{decode_frames, DecodeFormat};
+use mqttsn_gateway::driver::Recording;
+use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -61,6 +63,18 @@ struct RunArgs {
     /// Gateway mode, replacing gateway.mode.
     #[arg(long, value_enum)]
     mode: Option<CliMode>,
+    /// Record every frame to and from devices and the broker in this transcript file (.snlog).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// Rotate the recording when it reaches this many bytes (FILE -> FILE.1 ...).
+    #[arg(long, value_name = "BYTES", requires = "record")]
+    record_max_size: Option<u64>,
+    /// Rotate the recording when it covers this long, e.g. 1h.
+    #[arg(long, value_name = "DURATION", requires = "record")]
+    record_max_age: Option<String>,
+    /// Rotated recordings to keep.
+    #[arg(long, value_name = "N", default_value_t = 5, requires = "record")]
+    record_keep: usize,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -161,10 +175,46 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 1),
     };
-    let result = runtime.block_on(mqttsn_gateway::driver::run(config, shutdown_signal()));
+    let recording = match recording(&args) {
+        Ok(recording) => recording,
+        Err(e) => return fail(&e, 2),
+    };
+    let result = runtime.block_on(mqttsn_gateway::driver::run(
+        config,
+        recording,
+        shutdown_signal(),
+    ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string(), 2),
+    }
+}
+
+/// The recorder the command line asks for. A file that cannot be created is reported and the
+/// gateway runs without recording (recording is an aid, never a reason not to serve devices).
+fn recording(args: &RunArgs) -> Result<Recording, String> {
+    let Some(path) = &args.record else {
+        return Ok(Recording::default());
+    };
+    let max_age = match &args.record_max_age {
+        Some(text) => Some(mqttsn_gateway::config::parse_duration(text).ok_or_else(|| {
+            format!("--record-max-age {text}: expected a duration like 10m or 1h")
+        })?),
+        None => None,
+    };
+    let limits = RecordLimits {
+        max_bytes: args.record_max_size,
+        max_age,
+        keep: args.record_keep,
+    };
+    match Recorder::create(path, limits) {
+        Ok(recorder) => Ok(Recording {
+            snlog: Some(recorder),
+        }),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot record; running without recording");
+            Ok(Recording::default())
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod e2e;
 mod engine;
 mod fixture_frames;
 mod interop;
+mod record;
 mod serial;
 mod support;
 mod transcript;

@@ -1,0 +1,145 @@
+//! Recording while running (`--record`): the transcript written during a real run parses, names
+//! its peers, holds both sides of the conversation, and replays on virtual time against a fresh
+//! engine with no differences; a full disk does not stop the gateway.
+
+use crate::engine::Harness;
+use crate::support::device::Device;
+use crate::support::mosquitto::Mosquitto;
+use mqttsn_gateway::codec::*;
+use mqttsn_gateway::config::Config;
+use mqttsn_gateway::driver::{self, Recording};
+use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
+use mqttsn_gateway::transcript::replay::replay;
+use mqttsn_gateway::transcript::{PeerKind, Transcript};
+
+fn config(broker: &Mosquitto) -> Config {
+    Config::from_toml_str(
+        &format!(
+            "[[udp]]\nbind = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
+            broker.url()
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+/// Connects (retrying while the broker connection comes up), registers, publishes QoS 1.
+async fn conversation(dev: &Device) {
+    loop {
+        dev.send(Message::Connect(Connect {
+            will: false,
+            clean_session: true,
+            duration: 60,
+            client_id: "rec-dev",
+        }))
+        .await;
+        match Message::decode(&dev.recv().await) {
+            Ok(Message::ConnAck {
+                return_code: ReturnCode::Accepted,
+            }) => break,
+            Ok(Message::ConnAck { .. }) => tokio::task::yield_now().await,
+            other => panic!("{other:?}"),
+        }
+    }
+    let topic = dev.register("rec/topic", 1).await;
+    dev.publish(topic, QoS::One, 2, b"recorded").await;
+    let _ = dev.recv_until(|m| matches!(m, Message::PubAck(_))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_parses_and_replays_on_virtual_time() {
+    let broker = Mosquitto::start();
+    let path = std::env::temp_dir().join(format!("mqttsn-rec-{}.snlog", std::process::id()));
+    let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
+    let gw = driver::start_with(
+        config(&broker),
+        Recording {
+            snlog: Some(recorder),
+        },
+    )
+    .await
+    .unwrap();
+    let dev = Device::new(gw.udp_addrs()[0]).await;
+    conversation(&dev).await;
+    gw.stop().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let transcript = Transcript::parse(&text, &path.display().to_string())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    // Both sides of both conversations are there.
+    assert!(
+        transcript
+            .peers
+            .iter()
+            .any(|p| matches!(p.kind, PeerKind::Broker { client: None })),
+        "{text}"
+    );
+    assert!(
+        transcript
+            .peers
+            .iter()
+            .any(|p| matches!(p.kind, PeerKind::Udp(_))),
+        "{text}"
+    );
+    for needle in [
+        "!open",
+        "!up",
+        "CONNECT client_id=\"rec-dev\"",
+        "CONNACK",
+        "REGISTER",
+        "PUBACK",
+        "!close",
+    ] {
+        assert!(text.contains(needle), "no {needle} in\n{text}");
+    }
+    // Replayed against a fresh engine on virtual time, the gateway says the same things. The
+    // clean stop at the end (DISCONNECT, !close) answers no input, so it is left out.
+    let mut transcript = transcript;
+    let brokers: Vec<String> = transcript
+        .peers
+        .iter()
+        .filter(|p| matches!(p.kind, PeerKind::Broker { .. }))
+        .map(|p| p.name.clone())
+        .collect();
+    while transcript
+        .entries
+        .last()
+        .is_some_and(|e| !e.direction.is_input() && brokers.iter().any(|b| b == e.peer()))
+    {
+        transcript.entries.pop();
+    }
+    if let Err(mismatch) = replay(&transcript, &mut Harness::new(&transcript)) {
+        panic!("the recording does not replay:\n{mismatch}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_does_not_stop_the_gateway() {
+    let broker = Mosquitto::start();
+    // Writes to /dev/full fail with "no space left on device".
+    let recorder =
+        Recorder::create(std::path::Path::new("/dev/full"), RecordLimits::default()).unwrap();
+    let gw = driver::start_with(
+        config(&broker),
+        Recording {
+            snlog: Some(recorder),
+        },
+    )
+    .await
+    .unwrap();
+    let dev = Device::new(gw.udp_addrs()[0]).await;
+    conversation(&dev).await;
+    // And again, well after the recording failed.
+    dev.publish(1, QoS::One, 3, b"still").await;
+    let _ = dev.recv_until(|m| matches!(m, Message::PubAck(_))).await;
+    gw.stop().await;
+}
+
+#[test]
+fn an_unwritable_record_file_is_an_error_not_a_panic() {
+    let err = Recorder::create(
+        std::path::Path::new("/nonexistent-dir/x.snlog"),
+        RecordLimits::default(),
+    );
+    assert!(err.is_err());
+}
