@@ -76,7 +76,7 @@ impl Running {
 /// What the gateway records while it runs (`--record`).
 #[derive(Default)]
 pub struct Recording {
-    /// The transcript recorder, if recording.
+    /// The recorder (transcript and/or pcap), if recording.
     pub snlog: Option<Recorder>,
 }
 
@@ -214,10 +214,19 @@ impl Io {
     /// Records an event when recording; costs one branch otherwise.
     fn record(&self, at: Instant, inbound: bool, peer: Endpoint, payload: Payload) {
         if let Some(recorder) = &self.recorder {
+            let local = match &peer {
+                Endpoint::Device(PeerAddr {
+                    link: Link::Udp(addr),
+                    ..
+                }) => self.udp.local_for(*addr),
+                Endpoint::Broadcast => self.udp.local_addrs().first().copied(),
+                _ => None,
+            };
             recorder.record(RecordEvent {
                 at,
                 inbound,
                 peer,
+                local,
                 payload,
             });
         }

@@ -23,6 +23,7 @@
 //! - [`transport`]: UDP towards devices, TCP/TLS towards the broker.
 //! - `embedded`: an in-process MQTT broker for zero-setup starts (feature `embedded-broker`).
 //! - [`record`]: recordings while running: transcripts (`--record`) and pcap files for Wireshark.
+//! - [`replay_tool`]: the `replay` subcommand: a recording's device side against a running gateway.
 //! - [`hex`]: hex parsing and formatting shared by the CLI and transcripts.
 
 pub mod codec;
@@ -34,6 +35,7 @@ pub mod embedded;
 pub mod engine;
 pub mod hex;
 pub mod record;
+pub mod replay_tool;
 pub mod time;
 pub mod transcript;
 pub mod transport;

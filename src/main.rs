@@ -66,6 +66,10 @@ struct RunArgs {
     /// Record every frame to and from devices and the broker in this transcript file (.snlog).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Also write the traffic as a pcap file for Wireshark/tshark (MQTT-SN needs
+    /// `-d udp.port==1884,mqttsn`; MQTT on port 1883 is decoded automatically).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
     /// Rotate the recording when it reaches this many bytes (FILE -> FILE.1 ...).
     #[arg(long, value_name = "BYTES", requires = "record")]
     record_max_size: Option<u64>,
@@ -175,7 +179,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 1),
     };
-    let recording = match recording(&args) {
+    let recording = match recording(&args, &config) {
         Ok(recording) => recording,
         Err(e) => return fail(&e, 2),
     };
@@ -192,10 +196,10 @@ fn run(args: RunArgs) -> ExitCode {
 
 /// The recorder the command line asks for. A file that cannot be created is reported and the
 /// gateway runs without recording (recording is an aid, never a reason not to serve devices).
-fn recording(args: &RunArgs) -> Result<Recording, String> {
-    let Some(path) = &args.record else {
+fn recording(args: &RunArgs, config: &Config) -> Result<Recording, String> {
+    if args.record.is_none() && args.pcap.is_none() {
         return Ok(Recording::default());
-    };
+    }
     let max_age = match &args.record_max_age {
         Some(text) => Some(mqttsn_gateway::config::parse_duration(text).ok_or_else(|| {
             format!("--record-max-age {text}: expected a duration like 10m or 1h")
@@ -207,12 +211,22 @@ fn recording(args: &RunArgs) -> Result<Recording, String> {
         max_age,
         keep: args.record_keep,
     };
-    match Recorder::create(path, limits) {
+    // Broker traffic appears in the pcap as TCP to the broker's address.
+    let broker = match &config.upstream.url {
+        UpstreamUrl::Tcp { host, port } | UpstreamUrl::Tls { host, port } => host
+            .parse()
+            .map(|ip| SocketAddr::new(ip, *port))
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], *port))),
+        UpstreamUrl::Embedded => config.upstream.embedded_bind,
+    };
+    let snlog = args.record.as_deref().map(|p| (p, limits));
+    let pcap = args.pcap.as_deref().map(|p| (p, broker));
+    match Recorder::start(snlog, pcap) {
         Ok(recorder) => Ok(Recording {
             snlog: Some(recorder),
         }),
         Err(e) => {
-            tracing::error!(file = %path.display(), error = %e, "cannot record; running without recording");
+            tracing::error!(error = %e, "cannot record; running without recording");
             Ok(Recording::default())
         }
     }

@@ -2,4 +2,5 @@
 //! `--record`) and pcap files that standard tools open (Wireshark/tshark).
 
 pub mod pcap;
+mod pcap_sink;
 pub mod snlog;

@@ -58,6 +58,8 @@ pub struct RecordEvent {
     pub inbound: bool,
     /// The other side.
     pub peer: Endpoint,
+    /// The gateway's own address in this exchange, when it has one (the UDP listener).
+    pub local: Option<std::net::SocketAddr>,
     /// What.
     pub payload: Payload,
 }
@@ -81,14 +83,34 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Creates (truncates) `path` and starts the writer thread.
+    /// Records a transcript: creates (truncates) `path` and starts the writer thread.
     pub fn create(path: &Path, limits: RecordLimits) -> io::Result<Recorder> {
-        let file = File::create(path)?;
+        Self::start(Some((path, limits)), None)
+    }
+
+    /// Records a transcript, a pcap file for Wireshark, or both. `pcap` is the file and the
+    /// broker's address (broker traffic appears as TCP from a synthetic client port).
+    pub fn start(
+        snlog: Option<(&Path, RecordLimits)>,
+        pcap: Option<(&Path, std::net::SocketAddr)>,
+    ) -> io::Result<Recorder> {
+        let mut sinks: Vec<Box<dyn EventSink>> = Vec::new();
+        if let Some((path, limits)) = snlog {
+            sinks.push(Box::new(Sink {
+                path: path.to_path_buf(),
+                limits,
+                first: Some(File::create(path)?),
+                state: None,
+                failed: false,
+            }));
+        }
+        if let Some((path, broker)) = pcap {
+            sinks.push(Box::new(super::pcap_sink::PcapSink::create(path, broker)?));
+        }
         let (tx, rx) = sync_channel(QUEUE);
-        let path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || write_loop(path, file, limits, rx))?;
+            .spawn(move || write_loop(sinks, rx))?;
         Ok(Recorder {
             tx: Some(tx),
             skipped: Arc::new(AtomicU64::new(0)),
@@ -288,13 +310,31 @@ fn rotate(path: &Path, keep: usize) -> io::Result<File> {
     File::create(path)
 }
 
-/// The writer thread's side: the file being written and what went wrong.
+/// Something the writer thread feeds events to.
+pub(super) trait EventSink: Send {
+    /// Writes one event (errors are reported once by the sink and end its recording).
+    fn handle(&mut self, event: &RecordEvent);
+    /// Pushes buffered writes to the file.
+    fn flush(&mut self);
+}
+
+/// The transcript file being written and what went wrong.
 struct Sink {
     path: PathBuf,
     limits: RecordLimits,
     first: Option<File>,
     state: Option<FileState>,
     failed: bool,
+}
+
+impl EventSink for Sink {
+    fn handle(&mut self, event: &RecordEvent) {
+        Sink::handle(self, event);
+    }
+
+    fn flush(&mut self) {
+        Sink::flush(self);
+    }
 }
 
 impl Sink {
@@ -352,22 +392,23 @@ impl Sink {
     }
 }
 
-fn write_loop(path: PathBuf, file: File, limits: RecordLimits, rx: Receiver<RecordEvent>) {
-    let mut sink = Sink {
-        path,
-        limits,
-        first: Some(file),
-        state: None,
-        failed: false,
-    };
+fn write_loop(mut sinks: Vec<Box<dyn EventSink>>, rx: Receiver<RecordEvent>) {
     // Write what has queued up, then flush once the queue is empty: a busy gateway's events
-    // are written in large buffered batches, a quiet one's file is always up to date.
+    // are written in large buffered batches, a quiet one's files are always up to date.
     while let Ok(event) = rx.recv() {
-        sink.handle(&event);
-        while let Ok(event) = rx.try_recv() {
+        for sink in &mut sinks {
             sink.handle(&event);
         }
+        while let Ok(event) = rx.try_recv() {
+            for sink in &mut sinks {
+                sink.handle(&event);
+            }
+        }
+        for sink in &mut sinks {
+            sink.flush();
+        }
+    }
+    for sink in &mut sinks {
         sink.flush();
     }
-    sink.flush();
 }

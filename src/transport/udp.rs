@@ -164,6 +164,11 @@ impl UdpTransport {
         self.listeners.iter().map(|l| l.local).collect()
     }
 
+    /// The address of the listener that talks to `peer` (for recordings).
+    pub fn local_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.listener_for(peer).map(|l| l.local)
+    }
+
     /// Notes which listener a peer talks to (call for every received datagram).
     pub fn heard(&mut self, listener: usize, from: SocketAddr) {
         if self.track_peers {

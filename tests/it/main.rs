@@ -10,6 +10,7 @@ mod engine;
 mod fixture_frames;
 mod interop;
 mod record;
+mod replay_tool;
 mod serial;
 mod support;
 mod transcript;

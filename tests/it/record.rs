@@ -143,3 +143,67 @@ fn an_unwritable_record_file_is_an_error_not_a_panic() {
     );
     assert!(err.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pcap_recording_opens_in_tshark() {
+    let broker = Mosquitto::start();
+    let path = std::env::temp_dir().join(format!("mqttsn-rec-{}.pcap", std::process::id()));
+    let broker_addr: std::net::SocketAddr = ([127, 0, 0, 1], broker.port()).into();
+    let recorder = Recorder::start(None, Some((&path, broker_addr))).unwrap();
+    let gw = driver::start_with(
+        config(&broker),
+        Recording {
+            snlog: Some(recorder),
+        },
+    )
+    .await
+    .unwrap();
+    let gw_port = gw.udp_addrs()[0].port();
+    let dev = Device::new(gw.udp_addrs()[0]).await;
+    conversation(&dev).await;
+    gw.stop().await;
+    let bytes = std::fs::read(&path).unwrap();
+    // Classic pcap, raw IP: magic, version 2.4, link type 101; then records.
+    assert_eq!(&bytes[..4], &0xa1b2_c3d4u32.to_le_bytes());
+    assert_eq!(u32::from_le_bytes(bytes[20..24].try_into().unwrap()), 101);
+    assert!(
+        bytes.len() > 24 + 10 * 16,
+        "too few records: {} bytes",
+        bytes.len()
+    );
+    // When tshark is installed (CI installs it), every device frame decodes as MQTT-SN and
+    // the broker side as MQTT (on the test broker's port), with nothing malformed.
+    let tshark = std::process::Command::new("tshark")
+        .args([
+            "-r",
+            path.to_str().unwrap(),
+            "-d",
+            &format!("udp.port=={gw_port},mqttsn"),
+            "-d",
+            &format!("tcp.port=={},mqtt", broker.port()),
+            "-T",
+            "fields",
+            "-e",
+            "frame.protocols",
+        ])
+        .output();
+    match tshark {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let udp = text.lines().filter(|l| l.contains("udp")).count();
+            let mqttsn = text.lines().filter(|l| l.contains("mqttsn")).count();
+            assert!(
+                udp >= 6 && mqttsn == udp,
+                "every UDP frame is MQTT-SN:\n{text}"
+            );
+            assert!(
+                text.lines()
+                    .any(|l| l.contains("mqtt") && l.contains("tcp")),
+                "{text}"
+            );
+            assert!(!text.contains("malformed"), "{text}");
+        }
+        _ => eprintln!("tshark not installed: structural checks only"),
+    }
+    std::fs::remove_file(&path).unwrap();
+}
