@@ -92,7 +92,14 @@ impl Gateway {
                 }
             }
             MqttEvent::Rejected { reason } => {
-                if let Some(key) = self.owner(conn) {
+                let connecting = self
+                    .owner(conn)
+                    .and_then(|k| self.client(k))
+                    .is_some_and(|c| c.state == State::Connecting);
+                if let (Some(key), false) = (self.owner(conn), connecting) {
+                    // Refused on a reconnect: the device's broker session is gone.
+                    self.lose_client(now, key, "the broker refused to reconnect it");
+                } else if let Some(key) = self.owner(conn) {
                     // The broker refused this device (bad credentials, id in use, ...).
                     if let Some(peer) = self.client(key).map(|c| c.peer) {
                         self.counters.connects_rejected += 1;
@@ -192,6 +199,11 @@ impl Gateway {
         });
         let options = self.connect_options(client_id, client.clean_session, will);
         let old = client.conn;
+        if client.state == State::Connecting && old.is_some() {
+            // A CONNECT repeated while the broker connection is still being set up: keep
+            // waiting for it rather than starting over (a slow broker would never make it).
+            return;
+        }
         if let Some(old) = old {
             self.close_upstream(old, true);
         }
@@ -454,7 +466,10 @@ impl Gateway {
         let clean = client.clean_session;
         client.state = State::Disconnected;
         client.supervision_at = None;
-        client.inflight = None;
+        // A kept session keeps its unacknowledged message: it goes out again on reconnect.
+        if clean {
+            client.inflight = None;
+        }
         self.counters.clients_lost += 1;
         self.events.push_back(Event::ClientLost {
             client_id: client_id.clone(),

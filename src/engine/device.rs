@@ -40,14 +40,16 @@ impl Gateway {
             Message::Connect(connect) => return self.on_connect(now, peer, connect),
             Message::SearchGw { .. } => {
                 if self.broker_up {
-                    let gw_id = self.settings.gw_id;
-                    self.broadcast(
-                        Some(peer),
-                        Message::GwInfo(crate::codec::GwInfo {
-                            gw_id,
-                            gw_addr: &[],
-                        }),
-                    );
+                    let gwinfo = Message::GwInfo(crate::codec::GwInfo {
+                        gw_id: self.settings.gw_id,
+                        gw_addr: &[],
+                    });
+                    if peer.node.is_some() {
+                        // Behind a forwarder: only an encapsulated reply reaches the node.
+                        self.send(peer, gwinfo);
+                    } else {
+                        self.broadcast(Some(peer), gwinfo);
+                    }
                 }
                 return;
             }
@@ -93,6 +95,11 @@ impl Gateway {
                 self.on_device_pubcomp(now, key, msg_id)
             }
             (s, Message::RegAck(ack)) if s.is_connected() => self.on_device_regack(now, key, ack),
+            // A sleeper waking with a bare PINGREQ (some clients omit the ClientId) is served
+            // like one that names itself.
+            (State::Asleep | State::Awake, Message::PingReq { .. }) => {
+                self.on_ping_with_id(now, peer, key)
+            }
             (s, Message::PingReq { .. }) if s.is_connected() => self.send(peer, Message::PingResp),
             (s, Message::Disconnect { duration }) if s != State::Disconnected => {
                 self.on_disconnect(now, key, duration)
@@ -135,7 +142,8 @@ impl Gateway {
                 .client(other)
                 .is_some_and(|o| &*o.client_id != c.client_id)
             {
-                self.end_session(now, other, false);
+                // The device there restarted as someone else: the old one is gone for good.
+                self.lose_client(now, other, "another client connected from its address");
             }
         }
         let key = match self.by_client_id.get(c.client_id).copied() {

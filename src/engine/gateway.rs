@@ -334,7 +334,8 @@ impl Gateway {
             }
         }
         if let Some(conn) = client.conn {
-            self.upstreams.remove(&conn);
+            // Its own broker connection must not linger (the driver would keep it open).
+            self.close_upstream(conn, true);
         }
     }
 

@@ -1,1 +1,294 @@
-//! placeholder
+//! The `replay` tool: a session recorded against a real gateway and Mosquitto replays over real
+//! UDP against a fresh gateway with no differences; an edited expected frame is reported with
+//! its line; a pcap recording turns into a transcript of the device side.
+
+use crate::support::device::Device;
+use crate::support::mosquitto::Mosquitto;
+use mqttsn_gateway::codec::*;
+use mqttsn_gateway::config::Config;
+use mqttsn_gateway::driver::{self, Recording, Running};
+use mqttsn_gateway::record::pcap::PcapWriter;
+use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
+use mqttsn_gateway::replay_tool::{replay, transcript_from_pcap, ReplayOptions};
+use mqttsn_gateway::time::Instant;
+use mqttsn_gateway::transcript::{Direction, PeerKind, Transcript};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn config(broker: &Mosquitto) -> Config {
+    Config::from_toml_str(
+        &format!(
+            "[[udp]]\nbind = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
+            broker.url()
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+/// CONNECTs `client_id` until the gateway accepts it (its broker connection is up).
+async fn connect_until_accepted(dev: &Device, client_id: &str) {
+    loop {
+        dev.send(Message::Connect(Connect {
+            will: false,
+            clean_session: true,
+            duration: 60,
+            client_id,
+        }))
+        .await;
+        match Message::decode(&dev.recv().await) {
+            Ok(Message::ConnAck {
+                return_code: ReturnCode::Accepted,
+            }) => break,
+            Ok(Message::ConnAck { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A gateway whose broker connection is up: a throwaway device was accepted. Returns the
+/// throwaway device's address so its lines can be left out of a recording.
+async fn warmed_up(gw: &Running) -> SocketAddr {
+    let warmup = Device::new(gw.udp_addrs()[0]).await;
+    connect_until_accepted(&warmup, "replay-warmup").await;
+    warmup.socket.local_addr().unwrap()
+}
+
+/// The recorded session: CONNECT, REGISTER, PUBLISH QoS 1, PINGREQ, DISCONNECT.
+async fn conversation(dev: &Device) {
+    connect_until_accepted(dev, "replay-dev").await;
+    let topic = dev.register("replay/topic", 1).await;
+    dev.publish(topic, QoS::One, 2, b"replayed").await;
+    let _ = dev.recv_until(|m| matches!(m, Message::PubAck(_))).await;
+    dev.send(Message::PingReq { client_id: None }).await;
+    let _ = dev.recv_until(|m| matches!(m, Message::PingResp)).await;
+    dev.send(Message::Disconnect { duration: None }).await;
+    let _ = dev
+        .recv_until(|m| matches!(m, Message::Disconnect { .. }))
+        .await;
+}
+
+/// Records the conversation against a real gateway and returns the transcript in canonical
+/// text, without the warm-up device's lines.
+async fn record_session() -> String {
+    let broker = Mosquitto::start();
+    let path =
+        std::env::temp_dir().join(format!("mqttsn-replay-tool-{}.snlog", std::process::id()));
+    let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
+    let gw = driver::start_with(
+        config(&broker),
+        Recording {
+            snlog: Some(recorder),
+        },
+    )
+    .await
+    .unwrap();
+    let warmup = warmed_up(&gw).await;
+    let dev = Device::new(gw.udp_addrs()[0]).await;
+    conversation(&dev).await;
+    gw.stop().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let mut transcript = Transcript::parse(&text, &path.display().to_string())
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let warmup_name = transcript
+        .peer_at(&PeerKind::Udp(warmup))
+        .map(|p| p.name.clone());
+    transcript
+        .entries
+        .retain(|e| Some(e.peer()) != warmup_name.as_deref());
+    transcript.to_string()
+}
+
+/// A fresh gateway (and broker) whose broker connection is up.
+async fn fresh_gateway() -> (Mosquitto, Running) {
+    let broker = Mosquitto::start();
+    let gw = driver::start_with(config(&broker), Recording { snlog: None })
+        .await
+        .unwrap();
+    warmed_up(&gw).await;
+    (broker, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_replays_against_a_fresh_gateway_and_an_edit_is_reported() {
+    let text = record_session().await;
+    let transcript = Transcript::parse(&text, "recorded").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for needle in ["CONNACK", "REGACK", "PUBACK", "PINGRESP", "DISCONNECT"] {
+        assert!(text.contains(needle), "no {needle} in\n{text}");
+    }
+
+    // Unchanged, at the recorded pace: no differences.
+    let (_broker, gw) = fresh_gateway().await;
+    let options = ReplayOptions {
+        gateway: gw.udp_addrs()[0],
+        speed: 1.0,
+        as_fast_as_possible: false,
+        answer_timeout: Duration::from_secs(2),
+    };
+    let report = replay(&transcript, &options).await.unwrap();
+    assert_eq!(report.differences(), 0, "{}\n{text}", report.render());
+    assert_eq!(report.devices.len(), 1, "{}", report.render());
+    let device = &report.devices[0];
+    assert_eq!(device.sent, 5, "{}\n{text}", report.render());
+    assert_eq!(device.expected, 5, "{}\n{text}", report.render());
+    assert_eq!(device.matched, 5, "{}", report.render());
+    gw.stop().await;
+
+    // The REGACK's return code edited to "rejected: not supported" (03): exactly that line
+    // differs.
+    let mut regack_line = 0;
+    let edited: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let (frame, comment) = line.split_once('#').unwrap_or((line, ""));
+            if line.contains("gw >") && comment.contains("REGACK") {
+                regack_line = i + 1;
+                let frame = frame.trim_end();
+                let kept = frame.strip_suffix("00").expect("REGACK accepted");
+                format!("{kept}03\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert_ne!(regack_line, 0, "no REGACK line in\n{text}");
+    let edited = Transcript::parse(&edited, "edited").unwrap_or_else(|e| panic!("{e}\n{edited}"));
+    let (_broker2, gw) = fresh_gateway().await;
+    let options = ReplayOptions {
+        gateway: gw.udp_addrs()[0],
+        as_fast_as_possible: true,
+        ..ReplayOptions::default()
+    };
+    let report = replay(&edited, &options).await.unwrap();
+    let rendered = report.render();
+    eprintln!("{rendered}");
+    assert_eq!(report.differences(), 1, "{rendered}");
+    assert_eq!(report.devices[0].matched, 4, "{rendered}");
+    let difference = &report.devices[0].differences[0];
+    assert!(
+        difference.starts_with(&format!("line {regack_line} ")),
+        "{difference}"
+    );
+    assert!(difference.contains("REGACK"), "{difference}");
+    assert!(
+        difference.contains("first difference at byte 6"),
+        "{difference}"
+    );
+    assert!(
+        rendered.contains(&format!("line {regack_line} ")),
+        "{rendered}"
+    );
+    assert!(rendered.contains("FAILED: 1 difference"), "{rendered}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_gateway_is_reported_as_missing_answers() {
+    // Nobody listens on this socket's address once it is dropped.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gateway = silent.local_addr().unwrap();
+    let text = "@peer dev1 udp 10.0.0.7:50000\n\
+                @peer bcast udp 255.255.255.255:1884\n\
+                0.000 gw > bcast 03 00 01\n\
+                0.000 dev1 > gw 02 16\n\
+                0.010 gw > dev1 02 17\n";
+    let transcript = Transcript::parse(text, "t").unwrap();
+    let options = ReplayOptions {
+        gateway,
+        as_fast_as_possible: true,
+        answer_timeout: Duration::from_millis(200),
+        ..ReplayOptions::default()
+    };
+    let report = replay(&transcript, &options).await.unwrap();
+    drop(silent);
+    assert_eq!(report.devices.len(), 1);
+    assert_eq!(report.devices[0].sent, 1);
+    assert_eq!(report.differences(), 1, "{}", report.render());
+    let difference = &report.devices[0].differences[0];
+    assert!(
+        difference.starts_with("line 5 (gw > dev1): no answer"),
+        "{difference}"
+    );
+    assert!(difference.contains("PINGRESP"), "{difference}");
+}
+
+#[test]
+fn a_pcap_recording_becomes_a_transcript_of_the_device_side() {
+    let gw: SocketAddr = "10.0.0.1:1884".parse().unwrap();
+    let dev_a: SocketAddr = "10.0.0.7:50000".parse().unwrap();
+    let dev_b: SocketAddr = "[fd00::7]:40000".parse().unwrap();
+    let broker: SocketAddr = "10.0.0.2:1883".parse().unwrap();
+    let base = 1_700_000_000_000_000u64;
+    let us = |ms: u64| mqttsn_gateway::record::pcap::Timestamp::from_micros(base + ms * 1000);
+    let mut w = PcapWriter::new(Vec::new()).unwrap();
+    w.udp(us(0), dev_a, gw, &[2, 0x16]).unwrap();
+    w.tcp(us(1), 1, gw, broker, &[0xC0, 0]).unwrap();
+    w.udp(us(5), gw, dev_a, &[2, 0x17]).unwrap();
+    w.udp(us(1250), dev_b, gw, &[2, 0x16]).unwrap();
+    w.udp(us(1260), gw, dev_b, &[2, 0x17]).unwrap();
+    let bytes = w.into_inner();
+
+    let t = transcript_from_pcap(&bytes, 1884).unwrap();
+    assert_eq!(t.peers.len(), 2, "{t}");
+    assert_eq!(t.peers[0].name, "dev1");
+    assert_eq!(t.peers[0].kind, PeerKind::Udp(dev_a));
+    assert_eq!(t.peers[1].name, "dev2");
+    assert_eq!(t.peers[1].kind, PeerKind::Udp(dev_b));
+    let lines: Vec<(u64, Direction, Vec<u8>)> = t
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.at.as_millis(),
+                e.direction.clone(),
+                e.exact_bytes().unwrap(),
+            )
+        })
+        .collect();
+    let input = |from: &str| Direction::Input { from: from.into() };
+    let output = |to: &str| Direction::Output { to: to.into() };
+    assert_eq!(
+        lines,
+        [
+            (0, input("dev1"), vec![2, 0x16]),
+            (5, output("dev1"), vec![2, 0x17]),
+            (1250, input("dev2"), vec![2, 0x16]),
+            (1260, output("dev2"), vec![2, 0x17]),
+        ]
+    );
+    assert_eq!(t.entries[1].at, Instant::from_millis(5));
+    // It writes as a transcript that parses back to the same thing.
+    let text = t.to_string();
+    let back = Transcript::parse(&text, "pcap").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back, t, "{text}");
+    assert!(text.contains("PINGREQ"), "{text}");
+
+    // Not a pcap file, and a truncated one, are errors.
+    assert!(transcript_from_pcap(b"hello", 1884).is_err());
+    assert!(transcript_from_pcap(&bytes[..bytes.len() - 1], 1884).is_err());
+    // The same file byte-swapped (big-endian) reads the same.
+    let mut swapped = bytes.clone();
+    swap_endianness(&mut swapped);
+    assert_eq!(transcript_from_pcap(&swapped, 1884).unwrap(), t);
+}
+
+/// Rewrites a little-endian pcap file's global and record headers big-endian.
+fn swap_endianness(bytes: &mut [u8]) {
+    let swap = |b: &mut [u8], at: usize, n: usize| b[at..at + n].reverse();
+    swap(bytes, 0, 4);
+    swap(bytes, 4, 2);
+    swap(bytes, 6, 2);
+    for at in [8, 12, 16, 20] {
+        swap(bytes, at, 4);
+    }
+    let mut offset = 24;
+    while offset < bytes.len() {
+        let incl = u32::from_le_bytes(bytes[offset + 8..offset + 12].try_into().unwrap()) as usize;
+        for at in [0, 4, 8, 12] {
+            swap(bytes, offset + at, 4);
+        }
+        offset += 16 + incl;
+    }
+}
