@@ -405,6 +405,9 @@ impl Gateway {
         let pending = subs.remove(i);
         client.tidy();
         let peer = client.peer;
+        if self.settings.mode == Mode::Aggregating && granted.is_some() {
+            self.retained_for.insert(pending.filter.clone(), key);
+        }
         let (qos, rc) = match granted {
             Some(q) => (pending.qos.min(q), ReturnCode::Accepted),
             None => (pending.qos, ReturnCode::NotSupported),
@@ -436,7 +439,19 @@ impl Gateway {
         targets.clear();
         match self.owner(conn) {
             Some(key) => targets.push((key, qos)),
-            None => self.subscriptions.matches(&topic, &mut targets),
+            None => {
+                self.subscriptions.matches(&topic, &mut targets);
+                if retain {
+                    // Only the client whose subscription brought it (see `retained_for`).
+                    let wanted: Vec<ClientKey> = self
+                        .retained_for
+                        .iter()
+                        .filter(|(filter, _)| super::topic::matches(filter, &topic))
+                        .map(|(_, key)| *key)
+                        .collect();
+                    targets.retain(|(key, _)| wanted.contains(key));
+                }
+            }
         }
         for &(key, granted) in &targets {
             let down = super::client::Down {

@@ -125,8 +125,10 @@ pub struct UpFlight {
 }
 
 /// A SUBSCRIBE waiting for the broker's SUBACK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingSub {
+    /// The filter subscribed to.
+    pub filter: Arc<str>,
     /// The device's MsgId.
     pub msg_id: u16,
     /// The topic id to report in SUBACK.

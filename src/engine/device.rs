@@ -469,6 +469,7 @@ impl Gateway {
             let extras = client.extras_mut();
             extras.pending_subs.retain(|p| p.msg_id != s.msg_id);
             extras.pending_subs.push(PendingSub {
+                filter: filter.clone(),
                 msg_id: s.msg_id,
                 topic_id,
                 qos,

@@ -107,6 +107,11 @@ pub struct Gateway {
     pub(super) dirty_conns: Vec<ConnId>,
     pub(super) events: VecDeque<Event>,
     pub(super) counters: Counters,
+    /// Aggregating mode: per filter, the client whose SUBSCRIBE the broker acknowledged last.
+    /// A message with the retain flag on the shared connection is a retained message the broker
+    /// sends right after such a SUBACK (MQTT 3.1.1 §3.3.1.3: forwarded messages have it
+    /// cleared), so it goes to that client only, not again to every earlier subscriber.
+    pub(super) retained_for: HashMap<Arc<str>, ClientKey>,
     /// Scratch space for subscription matching, reused to avoid an allocation per message.
     pub(super) scratch: Vec<(ClientKey, crate::codec::QoS)>,
     /// The latest time an input carried (for helpers deep in a call chain).
@@ -154,6 +159,7 @@ impl Gateway {
             dirty_conns: Vec::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
+            retained_for: HashMap::new(),
             scratch: Vec::new(),
             now: Instant::ZERO,
         };
@@ -329,6 +335,9 @@ impl Gateway {
             self.counters.messages_dropped += client.queued() as u64;
         }
         if self.settings.mode == Mode::Aggregating {
+            if !self.retained_for.is_empty() {
+                self.retained_for.retain(|_, k| *k != key);
+            }
             for change in self.subscriptions.remove_client(key) {
                 self.apply_upstream_change(change);
             }
