@@ -7,6 +7,7 @@ use mqttsn_gateway::config::{Config, Mode, UdpConfig, UpstreamUrl};
 use mqttsn_gateway::decode_tool::{decode_frames, DecodeFormat};
 use mqttsn_gateway::driver::Recording;
 use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
+use mqttsn_gateway::transcript::Transcript;
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,9 +28,11 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default when no subcommand is given).
     Run(RunArgs),
-    /// Decode MQTT-SN frames given in hex, one frame per argument (quote frames with spaces).
+    /// Decode MQTT-SN frames given in hex, one frame per argument (quote frames with spaces), or
+    /// the conversation in a recording (.snlog transcript or .pcap file).
     Decode {
-        /// Frames in hex, e.g. "09 0C 20 00 01 00 01 68 69"; `-` reads one frame per line of stdin.
+        /// Frames in hex, e.g. "09 0C 20 00 01 00 01 68 69"; `-` reads one frame per line of
+        /// stdin; a file name decodes the recording.
         #[arg(required = true, value_name = "HEX")]
         frames: Vec<String>,
         /// Print one JSON object per frame instead of text.
@@ -38,6 +41,27 @@ enum Command {
         /// Decode QoS -1 PUBLISH with a normal topic id type as the nonstandard long-topic form.
         #[arg(long)]
         long_topic: bool,
+    },
+    /// Play the device side of a recording (.snlog transcript or .pcap) against a running
+    /// gateway over UDP and compare its answers with the recorded ones.
+    Replay {
+        /// The recording: a transcript written with --record, or a pcap written with --pcap.
+        file: PathBuf,
+        /// The gateway to test.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1884")]
+        gateway: SocketAddr,
+        /// Play this many times faster than recorded.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Send each device's next frame as soon as its previous answers arrived.
+        #[arg(long)]
+        as_fast_as_possible: bool,
+        /// How long to wait for each expected answer, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        timeout: u64,
+        /// The UDP port the gateway used in a pcap recording.
+        #[arg(long, value_name = "PORT", default_value_t = 1884)]
+        pcap_port: u16,
     },
     /// Validate a configuration file and print the effective configuration (defaults filled in).
     CheckConfig {
@@ -110,6 +134,20 @@ fn main() -> ExitCode {
             },
         ),
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Replay {
+            file,
+            gateway,
+            speed,
+            as_fast_as_possible,
+            timeout,
+            pcap_port,
+        }) => {
+            let mut options = mqttsn_gateway::replay_tool::ReplayOptions::new(gateway);
+            options.speed = speed;
+            options.as_fast_as_possible = as_fast_as_possible;
+            options.answer_timeout = std::time::Duration::from_millis(timeout);
+            replay(&file, &options, pcap_port)
+        }
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
     }
@@ -259,7 +297,14 @@ fn decode(frames: &[String], format: DecodeFormat) -> ExitCode {
     let mut out = io::stdout().lock();
     let mut bad = 0;
     for arg in frames {
-        let result = if arg == "-" {
+        let path = Path::new(arg);
+        let result = if arg != "-" && path.is_file() {
+            // A recording: its conversation with the devices.
+            match load_recording(path, mqttsn_gateway::config::DEFAULT_UDP_PORT) {
+                Ok(transcript) => decode_recording(&transcript, format, &mut out),
+                Err(e) => return fail(&e, 2),
+            }
+        } else if arg == "-" {
             let lines: Vec<String> = match io::stdin().lock().lines().collect() {
                 Ok(lines) => lines,
                 Err(e) => return fail(&format!("cannot read stdin: {e}"), 1),
@@ -280,6 +325,83 @@ fn decode(frames: &[String], format: DecodeFormat) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Reads a recording: a pcap file (by its magic number) or a transcript.
+fn load_recording(file: &Path, pcap_port: u16) -> Result<Transcript, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let pcap_magic: [[u8; 4]; 4] = [
+        [0xd4, 0xc3, 0xb2, 0xa1],
+        [0xa1, 0xb2, 0xc3, 0xd4],
+        [0x4d, 0x3c, 0xb2, 0xa1],
+        [0xa1, 0xb2, 0x3c, 0x4d],
+    ];
+    if bytes.len() >= 4 && pcap_magic.iter().any(|m| bytes[..4] == m[..]) {
+        return mqttsn_gateway::replay_tool::transcript_from_pcap(&bytes, pcap_port)
+            .map_err(|e| format!("{}: {e}", file.display()));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("{}: neither a pcap file nor a transcript", file.display()))?;
+    Transcript::parse(&text, &file.display().to_string()).map_err(|e| e.to_string())
+}
+
+fn replay(
+    file: &Path,
+    options: &mqttsn_gateway::replay_tool::ReplayOptions,
+    pcap_port: u16,
+) -> ExitCode {
+    let transcript = match load_recording(file, pcap_port) {
+        Ok(t) => t,
+        Err(e) => return fail(&e, 2),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 1),
+    };
+    match runtime.block_on(mqttsn_gateway::replay_tool::replay(&transcript, options)) {
+        Ok(report) => {
+            print!("{}", report.render());
+            if report.differences() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => fail(&format!("replay: {e}"), 1),
+    }
+}
+
+/// Prints the device side of a recording, one decoded frame per line; returns the number of
+/// frames that did not decode.
+fn decode_recording(
+    transcript: &Transcript,
+    format: DecodeFormat,
+    out: &mut impl Write,
+) -> io::Result<usize> {
+    let mut bad = 0;
+    for entry in &transcript.entries {
+        let Some(bytes) = entry.exact_bytes() else {
+            continue;
+        };
+        let kind = transcript.peer(entry.peer()).map(|p| &p.kind);
+        if matches!(
+            kind,
+            Some(mqttsn_gateway::transcript::PeerKind::Broker { .. })
+        ) {
+            continue; // MQTT, not MQTT-SN
+        }
+        write!(
+            out,
+            "{:>9} {:<14} ",
+            entry.at.to_string(),
+            entry.direction.to_string()
+        )?;
+        bad += decode_frames([mqttsn_gateway::hex::format(&bytes).as_str()], format, out)?;
+    }
+    Ok(bad)
 }
 
 fn check_config(file: &Path) -> ExitCode {

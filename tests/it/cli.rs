@@ -165,3 +165,50 @@ fn run_with_a_bad_config_or_broker_url_exits_2() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("--broker http://example"), "{err}");
 }
+
+#[test]
+fn decode_reads_a_recording() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/mqtt-sn-12-session.snlog"
+    );
+    let out = gateway(&["decode", fixture], None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("dev") && l.contains("CONNECT client_id=")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("gw >") && l.contains("CONNACK")),
+        "{text}"
+    );
+}
+
+#[test]
+fn replay_reports_missing_answers_with_a_nonzero_exit() {
+    // Nothing listens on the port: every expected answer is missing.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    drop(silent);
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/engine/05-disconnect-and-unknown-peers.snlog"
+    );
+    let out = gateway(
+        &[
+            "replay",
+            fixture,
+            "--gateway",
+            &addr,
+            "--as-fast-as-possible",
+            "--timeout",
+            "100",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout(&out).contains("no answer"), "{}", stdout(&out));
+}
