@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mqttsn_gateway::codec::DecodeOptions;
-use mqttsn_gateway::config::{Config, Mode, UdpConfig, UpstreamUrl};
+use mqttsn_gateway::config::{Config, Framing, Mode, UdpConfig, UpstreamUrl};
 use mqttsn_gateway::decode_tool::{decode_frames, DecodeFormat};
 use mqttsn_gateway::driver::Recording;
 use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
@@ -62,6 +62,21 @@ enum Command {
         /// The UDP port the gateway used in a pcap recording.
         #[arg(long, value_name = "PORT", default_value_t = 1884)]
         pcap_port: u16,
+        /// Replay over this serial port (the gateway's radio line) instead of UDP.
+        #[arg(long, value_name = "PORT")]
+        serial: Option<String>,
+        /// Serial framing: raw, slip or xbee-api.
+        #[arg(long, default_value = "raw", requires = "serial")]
+        framing: String,
+        /// Serial baud rate.
+        #[arg(long, default_value_t = 115_200, requires = "serial")]
+        baud: u32,
+        /// SLIP frames carry a CRC-16.
+        #[arg(long, requires = "serial")]
+        slip_crc: bool,
+        /// XBee API mode (1 or 2).
+        #[arg(long, default_value_t = 1, requires = "serial")]
+        xbee_api_mode: u8,
     },
     /// Validate a configuration file and print the effective configuration (defaults filled in).
     CheckConfig {
@@ -141,12 +156,36 @@ fn main() -> ExitCode {
             as_fast_as_possible,
             timeout,
             pcap_port,
+            serial,
+            framing,
+            baud,
+            slip_crc,
+            xbee_api_mode,
         }) => {
             let mut options = mqttsn_gateway::replay_tool::ReplayOptions::new(gateway);
             options.speed = speed;
             options.as_fast_as_possible = as_fast_as_possible;
             options.answer_timeout = std::time::Duration::from_millis(timeout);
-            replay(&file, &options, pcap_port)
+            let line = match serial {
+                None => None,
+                Some(port) => {
+                    let framing = match framing.as_str() {
+                        "raw" => Framing::Raw,
+                        "slip" => Framing::Slip { crc: slip_crc },
+                        "xbee-api" => Framing::XbeeApi {
+                            api_mode: xbee_api_mode,
+                        },
+                        other => {
+                            return fail(
+                                &format!("--framing {other}: expected raw, slip or xbee-api"),
+                                2,
+                            )
+                        }
+                    };
+                    Some((port, baud, framing))
+                }
+            };
+            replay(&file, &options, pcap_port, line)
         }
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
@@ -349,6 +388,7 @@ fn replay(
     file: &Path,
     options: &mqttsn_gateway::replay_tool::ReplayOptions,
     pcap_port: u16,
+    serial: Option<(String, u32, Framing)>,
 ) -> ExitCode {
     let transcript = match load_recording(file, pcap_port) {
         Ok(t) => t,
@@ -361,7 +401,22 @@ fn replay(
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 1),
     };
-    match runtime.block_on(mqttsn_gateway::replay_tool::replay(&transcript, options)) {
+    let result = runtime.block_on(async {
+        match &serial {
+            Some((port, baud, framing)) => {
+                mqttsn_gateway::replay_tool::replay_serial(
+                    &transcript,
+                    port,
+                    *baud,
+                    *framing,
+                    options,
+                )
+                .await
+            }
+            None => mqttsn_gateway::replay_tool::replay(&transcript, options).await,
+        }
+    });
+    match result {
         Ok(report) => {
             print!("{}", report.render());
             if report.differences() == 0 {

@@ -20,6 +20,10 @@
 //! - A missing answer (none within [`ReplayOptions::answer_timeout`]), a frame that differs, and
 //!   a frame nobody expected are differences, reported with the transcript line, both frames
 //!   decoded with the codec and in hex, and the offset of the first differing byte.
+//!
+//! [`replay_serial`] plays the same device side over a serial line instead (raw or SLIP for one
+//! device, XBee API frames for several, standing in for the coordinator radio), with the same
+//! matching and report.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -28,13 +32,22 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
+use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
 use crate::codec::{Frame, Message};
+use crate::config::Framing;
 use crate::hex;
 use crate::time::Instant;
 use crate::transcript::{Direction, Entry, FramePattern, Payload, Peer, PeerKind, Transcript};
+use crate::transport::serial::framing::raw::RawCodec;
+use crate::transport::serial::framing::slip::SlipCodec;
+use crate::transport::serial::framing::xbee::ApiMode;
+use crate::transport::serial::framing::{Deframer, Encoder, Received};
 
 /// How long to keep listening for unexpected frames after a device's last recorded line.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -217,25 +230,37 @@ fn udp_address(peer: &Peer) -> Option<(SocketAddr, Option<Vec<u8>>)> {
 /// Splits the transcript into socket groups: every UDP or forwarded peer that sends at least
 /// one frame, grouped by address, with its inputs and expected answers in file order.
 fn groups(transcript: &Transcript) -> Vec<Group> {
+    groups_by(transcript, udp_address)
+        .into_iter()
+        .map(|(_, group)| group)
+        .collect()
+}
+
+/// Splits the transcript into groups of peers that send at least one frame, keyed by `key`
+/// (peers without a key are left out), with their inputs and expected answers in file order.
+fn groups_by<K: std::hash::Hash + Eq + Clone>(
+    transcript: &Transcript,
+    key: impl Fn(&Peer) -> Option<(K, Option<Vec<u8>>)>,
+) -> Vec<(K, Group)> {
     let senders: Vec<&str> = transcript
         .entries
         .iter()
         .filter(|e| e.direction.is_input() && e.frame().is_some())
         .map(Entry::peer)
         .collect();
-    let mut order: Vec<SocketAddr> = Vec::new();
-    let mut by_addr: HashMap<SocketAddr, Group> = HashMap::new();
-    // (group address, index in group) per peer name.
-    let mut member: HashMap<&str, (SocketAddr, usize)> = HashMap::new();
+    let mut order: Vec<K> = Vec::new();
+    let mut by_addr: HashMap<K, Group> = HashMap::new();
+    // (group key, index in group) per peer name.
+    let mut member: HashMap<&str, (K, usize)> = HashMap::new();
     for peer in &transcript.peers {
         if !senders.contains(&peer.name.as_str()) {
             continue;
         }
-        let Some((addr, node)) = udp_address(peer) else {
+        let Some((addr, node)) = key(peer) else {
             continue;
         };
-        let group = by_addr.entry(addr).or_insert_with(|| {
-            order.push(addr);
+        let group = by_addr.entry(addr.clone()).or_insert_with(|| {
+            order.push(addr.clone());
             Group {
                 peers: Vec::new(),
                 steps: Vec::new(),
@@ -248,10 +273,11 @@ fn groups(transcript: &Transcript) -> Vec<Group> {
         let Payload::Frame(pattern) = &entry.payload else {
             continue;
         };
-        let Some(&(addr, index)) = member.get(entry.peer()) else {
+        let Some((addr, index)) = member.get(entry.peer()) else {
             continue;
         };
-        let Some(group) = by_addr.get_mut(&addr) else {
+        let index = *index;
+        let Some(group) = by_addr.get_mut(addr) else {
             continue;
         };
         let step = match &entry.direction {
@@ -272,7 +298,7 @@ fn groups(transcript: &Transcript) -> Vec<Group> {
     }
     order
         .into_iter()
-        .filter_map(|addr| by_addr.remove(&addr))
+        .filter_map(|addr| by_addr.remove(&addr).map(|group| (addr, group)))
         .collect()
 }
 
@@ -324,10 +350,441 @@ fn local_bind(gateway: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 0)
 }
 
+/// How a replayed group reaches the gateway.
+enum Link {
+    /// Its own UDP socket.
+    Udp {
+        socket: UdpSocket,
+        gateway: SocketAddr,
+        buf: Vec<u8>,
+    },
+    /// One device on a serial line shared with the other devices: frames are written framed
+    /// (under a lock, so frames of devices do not interleave), and the line's reader task
+    /// passes on the frames for this device.
+    Serial {
+        writer: Arc<tokio::sync::Mutex<WriteHalf<SerialStream>>>,
+        encoder: LineEncoder,
+        inbound: mpsc::UnboundedReceiver<io::Result<Vec<u8>>>,
+    },
+}
+
+impl Link {
+    /// Sends one MQTT-SN frame to the gateway.
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Link::Udp {
+                socket, gateway, ..
+            } => socket.send_to(bytes, *gateway).await.map(|_| ()),
+            Link::Serial {
+                writer, encoder, ..
+            } => {
+                let framed = encoder.encode(bytes)?;
+                let mut writer = writer.lock().await;
+                writer.write_all(&framed).await?;
+                writer.flush().await
+            }
+        }
+    }
+
+    /// The next frame from the gateway for this link. Cancel safe.
+    async fn recv(&mut self) -> io::Result<Vec<u8>> {
+        match self {
+            Link::Udp { socket, buf, .. } => loop {
+                match socket.recv_from(buf).await {
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) => return Err(e),
+                    Ok((n, _)) => return Ok(buf[..n].to_vec()),
+                }
+            },
+            Link::Serial { inbound, .. } => match inbound.recv().await {
+                Some(result) => result,
+                None => Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the serial line reader stopped",
+                )),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// serial lines
+
+/// The first synthetic XBee address, for device peers without a recorded radio address: the
+/// `n`th such peer (from 1) is `0x0013A200_00000000 + n`.
+const SYNTHETIC_RADIO_BASE: u64 = 0x0013_A200_0000_0000;
+
+/// How one device's frames go onto the line.
+enum LineEncoder {
+    /// Raw or SLIP framing, with the gateway's own encoder.
+    Codec(Box<dyn Encoder + Send>),
+    /// XBee: a ZigBee Receive Packet (0x90) from `addr64`, as the coordinator on the gateway's
+    /// line would emit it.
+    XbeeRx { addr64: u64, mode: ApiMode },
+}
+
+impl LineEncoder {
+    fn encode(&mut self, payload: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            LineEncoder::Codec(codec) => {
+                let mut out = BytesMut::new();
+                codec.encode(payload, None, &mut out).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "cannot send [{}] with the serial framing: {e}",
+                            hex::format(payload)
+                        ),
+                    )
+                })?;
+                Ok(out.to_vec())
+            }
+            LineEncoder::XbeeRx { addr64, mode } => Ok(xbee_rx_packet(*addr64, *mode, payload)),
+        }
+    }
+}
+
+/// The octets of an API frame after the start delimiter, escaped in API mode 2.
+fn xbee_escape(mode: ApiMode, octets: &[u8], out: &mut Vec<u8>) {
+    for &b in octets {
+        if mode == ApiMode::Escaped && matches!(b, 0x7E | 0x7D | 0x11 | 0x13) {
+            out.push(0x7D);
+            out.push(b ^ 0x20);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// A 0x90 ZigBee Receive Packet from the radio `addr64` (16-bit address unknown, FFFE; receive
+/// options 01, acknowledged) carrying `payload`.
+fn xbee_rx_packet(addr64: u64, mode: ApiMode, payload: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(12 + payload.len());
+    data.push(0x90);
+    data.extend_from_slice(&addr64.to_be_bytes());
+    data.extend_from_slice(&0xFFFEu16.to_be_bytes());
+    data.push(0x01);
+    data.extend_from_slice(payload);
+    let sum = data.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+    let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
+    let mut out = vec![0x7E];
+    xbee_escape(mode, &len.to_be_bytes(), &mut out);
+    xbee_escape(mode, &data, &mut out);
+    xbee_escape(mode, &[0xFF - sum], &mut out);
+    out
+}
+
+/// Reads the gateway's 0x10 Transmit Requests off an XBee line (what the XBee deframer, which
+/// decodes what a coordinator sends, does not do). Both API modes are handled; frames of other
+/// types, with a bad checksum or too short are skipped, and bytes outside frames are ignored.
+#[derive(Debug)]
+struct TxRequestReader {
+    mode: ApiMode,
+    raw: Vec<u8>,
+}
+
+/// What [`TxRequestReader::parse`] found at the start of the buffer.
+enum ApiParse {
+    /// More bytes are needed.
+    Incomplete,
+    /// Discard this many bytes and look again.
+    Skip(usize),
+    /// A whole frame of this many raw bytes, with its frame data (type onwards).
+    Frame(usize, Vec<u8>),
+}
+
+impl TxRequestReader {
+    fn new(mode: ApiMode) -> Self {
+        TxRequestReader {
+            mode,
+            raw: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.raw.extend_from_slice(bytes);
+    }
+
+    /// The next Transmit Request as (destination 64-bit address, RF data).
+    fn next(&mut self) -> Option<(u64, Vec<u8>)> {
+        loop {
+            match self.parse() {
+                ApiParse::Incomplete => return None,
+                ApiParse::Skip(n) => {
+                    self.raw.drain(..n);
+                }
+                ApiParse::Frame(n, data) => {
+                    self.raw.drain(..n);
+                    // 10 FID DEST64(8) DEST16(2) RADIUS OPTIONS DATA..
+                    if data.len() > 14 && data[0] == 0x10 {
+                        let dest = u64::from_be_bytes(data[2..10].try_into().unwrap_or_default());
+                        return Some((dest, data[14..].to_vec()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn parse(&self) -> ApiParse {
+        let Some(start) = self.raw.iter().position(|&b| b == 0x7E) else {
+            return if self.raw.is_empty() {
+                ApiParse::Incomplete
+            } else {
+                ApiParse::Skip(self.raw.len())
+            };
+        };
+        if start > 0 {
+            return ApiParse::Skip(start);
+        }
+        // Unescaped octets after the delimiter: length (2), data, checksum.
+        let mut octets: Vec<u8> = Vec::new();
+        let mut i = 1;
+        let mut escaped = false;
+        loop {
+            let Some(&raw) = self.raw.get(i) else {
+                return ApiParse::Incomplete;
+            };
+            i += 1;
+            let b = if self.mode == ApiMode::Escaped {
+                if raw == 0x7E {
+                    // A new frame starts: the one in progress was cut short.
+                    return ApiParse::Skip(i - 1);
+                }
+                if escaped {
+                    escaped = false;
+                    raw ^ 0x20
+                } else if raw == 0x7D {
+                    escaped = true;
+                    continue;
+                } else {
+                    raw
+                }
+            } else {
+                raw
+            };
+            octets.push(b);
+            if octets.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([octets[0], octets[1]]));
+                if octets.len() == len + 3 {
+                    let data = &octets[2..2 + len];
+                    let sum = data.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+                    if sum.wrapping_add(octets[2 + len]) != 0xFF {
+                        // Not a frame: look for the next delimiter after this one.
+                        return ApiParse::Skip(1);
+                    }
+                    return ApiParse::Frame(i, data.to_vec());
+                }
+            }
+        }
+    }
+}
+
+/// A device peer's radio address: its recorded one (the first 8 bytes as the 64-bit address,
+/// or fewer bytes right-aligned), else the next synthetic one.
+fn radio_addr64(peer: &Peer, synthetic: &mut u64) -> u64 {
+    if let PeerKind::Serial {
+        radio: Some(radio), ..
+    } = &peer.kind
+    {
+        if !radio.is_empty() {
+            return radio
+                .iter()
+                .take(8)
+                .fold(0u64, |a, &b| (a << 8) | u64::from(b));
+        }
+    }
+    *synthetic += 1;
+    SYNTHETIC_RADIO_BASE + *synthetic
+}
+
+/// Whether a peer is a device (anything but the broker).
+fn is_device(peer: &Peer) -> bool {
+    !matches!(peer.kind, PeerKind::Broker { .. })
+}
+
+/// Plays the device side of `transcript` to a gateway over the serial line `port` at `baud`
+/// (8N1, no flow control) with `framing`, and compares its answers with the recorded ones,
+/// exactly as [`replay`] does over UDP (same report, same difference texts, ADVERTISE skipped;
+/// `options.gateway` is not used).
+///
+/// Every device peer that sends something is replayed, whatever its recorded link (serial,
+/// UDP or forwarded: the frames are the same MQTT-SN bytes; forwarded ones keep their
+/// encapsulation):
+/// - raw and SLIP lines carry one device: every frame from the gateway is that device's, and a
+///   transcript with more than one sending device is rejected (`InvalidInput`).
+/// - XBee API: the replay stands in for the coordinator radio on the gateway's line. A device's
+///   frame is written as a 0x90 ZigBee Receive Packet from its 64-bit address (a serial peer's
+///   recorded radio address, else `0x0013A200_00000001`, `..02`, ... in peer order), and the
+///   gateway's 0x10 Transmit Requests are routed by destination address (broadcasts and
+///   unknown addresses are ignored, like UDP broadcasts). Frames are written and read in the
+///   configured API mode (1, or 2 escaped); other API modes are rejected. Two devices with the
+///   same radio address are rejected.
+///
+/// Errors opening, reading or writing the port end the replay with an error.
+pub async fn replay_serial(
+    transcript: &Transcript,
+    port: &str,
+    baud: u32,
+    framing: Framing,
+    options: &ReplayOptions,
+) -> io::Result<ReplayReport> {
+    check_speed(options)?;
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    let xbee_mode = match framing {
+        Framing::XbeeApi { api_mode } => {
+            Some(ApiMode::try_from(api_mode).map_err(|e| invalid(e.to_string()))?)
+        }
+        Framing::Raw | Framing::Slip { .. } => None,
+    };
+    // One group per device peer, keyed by its name.
+    let groups = groups_by(transcript, |peer| {
+        is_device(peer).then(|| (peer.name.clone(), None))
+    });
+    let mut synthetic = 0;
+    let mut addresses: Vec<u64> = Vec::with_capacity(groups.len());
+    for (name, _) in &groups {
+        let peer = transcript.peers.iter().find(|p| &p.name == name);
+        let addr = peer.map_or(0, |p| radio_addr64(p, &mut synthetic));
+        if let Some(other) = addresses.iter().position(|a| *a == addr) {
+            if xbee_mode.is_some() {
+                return Err(invalid(format!(
+                    "devices {} and {name} have the same radio address {addr:016X}",
+                    groups[other].0
+                )));
+            }
+        }
+        addresses.push(addr);
+    }
+    if xbee_mode.is_none() && groups.len() > 1 {
+        let names: Vec<&str> = groups.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(invalid(format!(
+            "a {} serial line carries one device, but the transcript has {} sending devices ({}); \
+             replay it with XBee API framing or over UDP",
+            match framing {
+                Framing::Raw => "raw",
+                _ => "SLIP",
+            },
+            groups.len(),
+            names.join(", ")
+        )));
+    }
+    let stream = tokio_serial::new(port, baud)
+        .data_bits(tokio_serial::DataBits::Eight)
+        .parity(tokio_serial::Parity::None)
+        .stop_bits(tokio_serial::StopBits::One)
+        .flow_control(tokio_serial::FlowControl::None)
+        .open_native_async()
+        .map_err(|e| io::Error::new(io::Error::from(e.clone()).kind(), format!("{port}: {e}")))?;
+    let (reader, writer) = tokio::io::split(stream);
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let mut senders = Vec::with_capacity(groups.len());
+    let mut linked = Vec::with_capacity(groups.len());
+    for ((_, group), addr64) in groups.into_iter().zip(&addresses) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        let encoder = match (framing, xbee_mode) {
+            (_, Some(mode)) => LineEncoder::XbeeRx {
+                addr64: *addr64,
+                mode,
+            },
+            (Framing::Slip { crc }, None) => LineEncoder::Codec(Box::new(SlipCodec::new(crc))),
+            _ => LineEncoder::Codec(Box::new(RawCodec::new())),
+        };
+        let link = Link::Serial {
+            writer: Arc::clone(&writer),
+            encoder,
+            inbound: rx,
+        };
+        linked.push((group, link));
+    }
+    let route: HashMap<u64, usize> = addresses.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+    let reader_task = tokio::spawn(read_line(reader, framing, xbee_mode, route, senders));
+    let report = run_groups(linked, options).await;
+    reader_task.abort();
+    report
+}
+
+/// Reads the gateway's frames off the line and hands each to its device's channel (index in
+/// `senders`): by destination address for XBee, all to the one device otherwise. A read error
+/// or the end of the line is passed to every device.
+async fn read_line(
+    mut reader: ReadHalf<SerialStream>,
+    framing: Framing,
+    xbee_mode: Option<ApiMode>,
+    route: HashMap<u64, usize>,
+    senders: Vec<mpsc::UnboundedSender<io::Result<Vec<u8>>>>,
+) {
+    let mut deframer: Option<Box<dyn Deframer + Send>> = match framing {
+        Framing::Raw => Some(Box::new(RawCodec::new())),
+        Framing::Slip { crc } => Some(Box::new(SlipCodec::new(crc))),
+        Framing::XbeeApi { .. } => None,
+    };
+    let mut tx_requests = TxRequestReader::new(xbee_mode.unwrap_or(ApiMode::Unescaped));
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => {
+                for tx in &senders {
+                    let _ = tx.send(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the serial line closed",
+                    )));
+                }
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                for tx in &senders {
+                    let _ = tx.send(Err(io::Error::new(
+                        e.kind(),
+                        format!("reading the serial line: {e}"),
+                    )));
+                }
+                return;
+            }
+        };
+        match &mut deframer {
+            Some(deframer) => {
+                deframer.push(&buf[..n]);
+                while let Some(item) = deframer.next() {
+                    if let Received::Frame(frame) = item {
+                        if let Some(tx) = senders.first() {
+                            let _ = tx.send(Ok(frame.payload.to_vec()));
+                        }
+                    }
+                }
+            }
+            None => {
+                tx_requests.push(&buf[..n]);
+                while let Some((dest, data)) = tx_requests.next() {
+                    if let Some(tx) = route.get(&dest).and_then(|&i| senders.get(i)) {
+                        let _ = tx.send(Ok(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Plays the device side of `transcript` against the gateway at `options.gateway` and compares
 /// its answers with the recorded ones. IO errors (binding or sending) end the replay with an
 /// error; differences in what the gateway says are in the report.
 pub async fn replay(transcript: &Transcript, options: &ReplayOptions) -> io::Result<ReplayReport> {
+    check_speed(options)?;
+    let groups = groups(transcript);
+    let mut links = Vec::with_capacity(groups.len());
+    for _ in &groups {
+        links.push(Link::Udp {
+            socket: UdpSocket::bind(local_bind(options.gateway)).await?,
+            gateway: options.gateway,
+            buf: vec![0; 65_536],
+        });
+    }
+    run_groups(groups.into_iter().zip(links).collect(), options).await
+}
+
+/// Rejects a pace that is not a positive number (unless it is ignored).
+fn check_speed(options: &ReplayOptions) -> io::Result<()> {
     let valid_speed = options.speed.is_finite() && options.speed > 0.0;
     if !(valid_speed || options.as_fast_as_possible) {
         return Err(io::Error::new(
@@ -335,18 +792,21 @@ pub async fn replay(transcript: &Transcript, options: &ReplayOptions) -> io::Res
             format!("speed must be a positive number, not {}", options.speed),
         ));
     }
-    let groups = groups(transcript);
-    let mut sockets = Vec::with_capacity(groups.len());
-    for _ in &groups {
-        sockets.push(UdpSocket::bind(local_bind(options.gateway)).await?);
-    }
+    Ok(())
+}
+
+/// Replays every group over its link concurrently and collects the reports in group order.
+async fn run_groups(
+    groups: Vec<(Group, Link)>,
+    options: &ReplayOptions,
+) -> io::Result<ReplayReport> {
     let start = TokioInstant::now();
     let options = Arc::new(options.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, (group, socket)) in groups.into_iter().zip(sockets).enumerate() {
+    for (index, (group, mut link)) in groups.into_iter().enumerate() {
         let options = Arc::clone(&options);
         tasks.spawn(async move {
-            let report = run_group(&group, &socket, &options, start).await;
+            let report = run_group(&group, &mut link, &options, start).await;
             (index, report)
         });
     }
@@ -370,23 +830,18 @@ fn due(start: TokioInstant, at: Instant, speed: f64) -> TokioInstant {
 /// Frames received from the gateway, per peer of a group, not yet compared.
 struct Inbox<'a> {
     group: &'a Group,
-    socket: &'a UdpSocket,
+    link: &'a mut Link,
     queues: Vec<VecDeque<Vec<u8>>>,
-    buf: Vec<u8>,
 }
 
 impl Inbox<'_> {
     /// Receives one frame (ADVERTISE skipped) into its peer's queue, or `false` at `deadline`.
     async fn receive_until(&mut self, deadline: TokioInstant) -> io::Result<bool> {
         loop {
-            let received =
-                tokio::time::timeout_at(deadline, self.socket.recv_from(&mut self.buf)).await;
-            let (n, _) = match received {
+            let bytes = match tokio::time::timeout_at(deadline, self.link.recv()).await {
                 Err(_) => return Ok(false),
-                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Ok(result) => result?,
             };
-            let bytes = self.buf[..n].to_vec();
             if is_advertise(&bytes) {
                 continue;
             }
@@ -415,7 +870,7 @@ impl Inbox<'_> {
 
 async fn run_group(
     group: &Group,
-    socket: &UdpSocket,
+    link: &mut Link,
     options: &ReplayOptions,
     start: TokioInstant,
 ) -> io::Result<DeviceReport> {
@@ -430,9 +885,8 @@ async fn run_group(
     };
     let mut inbox = Inbox {
         group,
-        socket,
+        link,
         queues: vec![VecDeque::new(); group.peers.len()],
-        buf: vec![0; 65_536],
     };
     let mut last_line = 0;
     for step in &group.steps {
@@ -445,7 +899,7 @@ async fn run_group(
                 if !options.as_fast_as_possible {
                     tokio::time::sleep_until(due(start, *at, options.speed)).await;
                 }
-                socket.send_to(bytes, options.gateway).await?;
+                inbox.link.send(bytes).await?;
                 report.sent += 1;
             }
             Step::Expect {
@@ -755,6 +1209,124 @@ mod tests {
         assert_eq!(groups[1].steps.len(), 3);
         assert_eq!(groups[1].route(&[4, 0xFE, 0, 2, 2, 0x17]), 1);
         assert_eq!(groups[1].route(&[4, 0xFE, 0, 1, 2, 0x17]), 0);
+    }
+
+    #[test]
+    fn rx_packets_decode_with_the_gateways_xbee_deframer() {
+        use crate::transport::serial::framing::xbee::XbeeCodec;
+        // 0x13 and 0x11 in the address and payload need escaping in API mode 2.
+        let payload = [5u8, 0x0C, 0x7E, 0x11, 0x13];
+        for mode in [ApiMode::Unescaped, ApiMode::Escaped] {
+            let bytes = xbee_rx_packet(0x0013_A200_4011_7D13, mode, &payload);
+            let mut codec = XbeeCodec::new(mode);
+            codec.push(&bytes);
+            match codec.next() {
+                Some(Received::Frame(frame)) => {
+                    assert_eq!(&frame.payload[..], &payload, "{mode:?}");
+                    let source = frame.source.expect("a source address");
+                    assert_eq!(source.addr64, 0x0013_A200_4011_7D13, "{mode:?}");
+                    assert_eq!(source.addr16, 0xFFFE, "{mode:?}");
+                }
+                other => panic!("{mode:?}: {other:?}"),
+            }
+        }
+        // The Digi example layout in API mode 1: 7E, length, 0x90, ..., checksum.
+        let bytes = xbee_rx_packet(1, ApiMode::Unescaped, &[2, 0x17]);
+        assert_eq!(&bytes[..4], &[0x7E, 0x00, 0x0E, 0x90]);
+        let sum = bytes[3..].iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        assert_eq!(sum, 0xFF);
+    }
+
+    #[test]
+    fn tx_requests_from_the_gateways_xbee_encoder_are_parsed_in_any_split() {
+        use crate::transport::serial::framing::xbee::XbeeCodec;
+        use crate::transport::serial::framing::RadioAddr;
+        for mode in [ApiMode::Unescaped, ApiMode::Escaped] {
+            let mut codec = XbeeCodec::new(mode);
+            let mut out = BytesMut::new();
+            out.extend_from_slice(&[0x00, 0x42]); // noise before the first frame
+            let to = RadioAddr::new(0x0013_A200_1111_7E13, 0x1234);
+            codec.encode(&[3, 0x05, 0x00], Some(to), &mut out).unwrap();
+            // A frame of another type (Modem Status) is skipped.
+            out.extend_from_slice(&[0x7E, 0x00, 0x02, 0x8A, 0x00, 0x75]);
+            codec.encode(&[2, 0x17], None, &mut out).unwrap();
+            let expected = vec![
+                (0x0013_A200_1111_7E13, vec![3, 0x05, 0x00]),
+                (0xFFFF, vec![2, 0x17]),
+            ];
+            for split in 0..out.len() {
+                let mut reader = TxRequestReader::new(mode);
+                let mut got = Vec::new();
+                for chunk in [&out[..split], &out[split..]] {
+                    reader.push(chunk);
+                    while let Some(item) = reader.next() {
+                        got.push(item);
+                    }
+                }
+                assert_eq!(got, expected, "{mode:?}, split at {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn radio_addresses_come_from_the_peer_or_are_synthetic() {
+        let text = "@peer a serial serial0 0013A20040861234\n\
+                    @peer b serial serial0\n\
+                    @peer c udp 127.0.0.1:5000\n";
+        let t = Transcript::parse(text, "t").expect("parses");
+        let mut synthetic = 0;
+        let addrs: Vec<u64> = t
+            .peers
+            .iter()
+            .map(|p| radio_addr64(p, &mut synthetic))
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                0x0013_A200_4086_1234,
+                0x0013_A200_0000_0001,
+                0x0013_A200_0000_0002
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn raw_and_slip_lines_refuse_several_devices() {
+        let text = "@peer a udp 127.0.0.1:5000\n\
+                    @peer b udp 127.0.0.1:5001\n\
+                    0.000 a > gw 02 16\n\
+                    0.000 b > gw 02 16\n";
+        let t = Transcript::parse(text, "t").expect("parses");
+        let options = ReplayOptions::default();
+        for framing in [Framing::Raw, Framing::Slip { crc: true }] {
+            let e = replay_serial(&t, "/nonexistent/tty", 115_200, framing, &options)
+                .await
+                .expect_err("two devices on one line");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains("(a, b)"), "{e}");
+        }
+        // XBee would address them, but API mode 0 carries no addresses.
+        let e = replay_serial(
+            &t,
+            "/nonexistent/tty",
+            9600,
+            Framing::XbeeApi { api_mode: 0 },
+            &options,
+        )
+        .await
+        .expect_err("API mode 0");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        // With XBee framing the port is what fails.
+        let e = replay_serial(
+            &t,
+            "/nonexistent/tty",
+            9600,
+            Framing::XbeeApi { api_mode: 1 },
+            &options,
+        )
+        .await
+        .expect_err("no such port");
+        assert!(e.to_string().contains("/nonexistent/tty"), "{e}");
     }
 
     #[test]

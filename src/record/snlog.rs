@@ -149,6 +149,8 @@ struct FileState {
     devices: usize,
     brokers: usize,
     started: Instant,
+    /// Partial MQTT packets per broker connection and direction (true: inbound).
+    partial: HashMap<(u64, bool), Vec<u8>>,
 }
 
 /// Counts bytes written, for the size limit.
@@ -183,6 +185,7 @@ fn open_state(file: File, started: Instant) -> io::Result<FileState> {
         devices: 0,
         brokers: 0,
         started,
+        partial: HashMap::new(),
     })
 }
 
@@ -249,6 +252,26 @@ impl FileState {
     fn write(&mut self, event: &RecordEvent) -> io::Result<()> {
         let name = self.name(&with_forwarder_node(&event.peer, &event.payload))?;
         let at = Instant::from_millis(event.at.saturating_since(self.started).as_millis());
+        // The broker side is a byte stream: write it one MQTT packet per line.
+        if let (Endpoint::Broker { conn, .. }, Payload::Bytes(bytes)) =
+            (&event.peer, &event.payload)
+        {
+            let buf = self.partial.entry((*conn, event.inbound)).or_default();
+            buf.extend_from_slice(bytes);
+            let mut packets = Vec::new();
+            while let Some(len) = mqtt_packet_len(buf) {
+                packets.push(buf.drain(..len).collect::<Vec<u8>>());
+            }
+            for packet in packets {
+                let entry = if event.inbound {
+                    Entry::input(at, name.clone(), &packet)
+                } else {
+                    Entry::output(at, name.clone(), &packet)
+                };
+                self.out.write_entry(&entry)?;
+            }
+            return Ok(());
+        }
         let entry = match (&event.payload, event.inbound) {
             (Payload::Bytes(bytes), true) => Entry::input(at, name, bytes),
             (Payload::Bytes(bytes), false) => Entry::output(at, name, bytes),
@@ -289,6 +312,21 @@ fn with_forwarder_node(peer: &Endpoint, payload: &Payload) -> Endpoint {
         }
     }
     peer.clone()
+}
+
+/// The length of the MQTT packet at the start of `buf` (fixed header included), or `None` if
+/// `buf` does not yet hold a whole packet. Used to write one MQTT packet per transcript line,
+/// whatever chunks the TCP stream came in.
+pub fn mqtt_packet_len(buf: &[u8]) -> Option<usize> {
+    let mut remaining = 0usize;
+    for (i, byte) in buf.iter().skip(1).take(4).enumerate() {
+        remaining |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            let total = 1 + (i + 1) + remaining;
+            return (buf.len() >= total).then_some(total);
+        }
+    }
+    None
 }
 
 fn rotated(path: &Path, n: usize) -> PathBuf {

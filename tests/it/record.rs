@@ -46,6 +46,84 @@ async fn conversation(dev: &Device) {
     let _ = dev.recv_until(|m| matches!(m, Message::PubAck(_))).await;
 }
 
+/// A recording ends with the gateway's clean stop (DISCONNECT and close on its broker
+/// connections), which answers no input: left out when replaying on virtual time.
+fn without_clean_stop(mut transcript: Transcript) -> Transcript {
+    let brokers: Vec<String> = transcript
+        .peers
+        .iter()
+        .filter(|p| matches!(p.kind, PeerKind::Broker { .. }))
+        .map(|p| p.name.clone())
+        .collect();
+    while transcript
+        .entries
+        .last()
+        .is_some_and(|e| !e.direction.is_input() && brokers.iter().any(|b| b == e.peer()))
+    {
+        transcript.entries.pop();
+    }
+    transcript
+}
+
+/// The recordings in tests/fixtures/recorded/ (real clients against a real broker; see the
+/// README there) replay over UDP against a fresh gateway and Mosquitto with no differences.
+/// The broker is first given the retained message the recorded subscriber received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_fixtures_replay_against_a_fresh_gateway() {
+    use mqttsn_gateway::replay_tool::{replay as replay_udp, ReplayOptions};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recorded");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snlog"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2);
+    for path in files {
+        let broker = Mosquitto::start();
+        let mut publisher =
+            crate::support::mqtt::Client::connect(broker.port(), "fixture-setup").await;
+        publisher
+            .publish("fixture/cmd/led", rumqttc::QoS::AtLeastOnce, true, b"on")
+            .await;
+        let gw = driver::start(config(&broker)).await.unwrap();
+        // Wait until the gateway's broker connection is up (a throwaway device is accepted).
+        let probe = Device::new(gw.udp_addrs()[0]).await;
+        loop {
+            probe
+                .send(Message::Connect(Connect {
+                    will: false,
+                    clean_session: true,
+                    duration: 60,
+                    client_id: "probe",
+                }))
+                .await;
+            if Message::decode(&probe.recv().await)
+                == Ok(Message::ConnAck {
+                    return_code: ReturnCode::Accepted,
+                })
+            {
+                break;
+            }
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let transcript = Transcript::parse(&text, &path.display().to_string()).unwrap();
+        // At the recorded pace (doubled): the recorded devices ran one after another, some
+        // with the same ClientId, so they must not overlap.
+        let mut options = ReplayOptions::new(gw.udp_addrs()[0]);
+        options.speed = 2.0;
+        let report = replay_udp(&transcript, &options).await.unwrap();
+        assert_eq!(
+            report.differences(),
+            0,
+            "{}:\n{}",
+            path.display(),
+            report.render()
+        );
+        gw.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_parses_and_replays_on_virtual_time() {
     let broker = Mosquitto::start();
@@ -93,20 +171,7 @@ async fn a_recording_parses_and_replays_on_virtual_time() {
     }
     // Replayed against a fresh engine on virtual time, the gateway says the same things. The
     // clean stop at the end (DISCONNECT, !close) answers no input, so it is left out.
-    let mut transcript = transcript;
-    let brokers: Vec<String> = transcript
-        .peers
-        .iter()
-        .filter(|p| matches!(p.kind, PeerKind::Broker { .. }))
-        .map(|p| p.name.clone())
-        .collect();
-    while transcript
-        .entries
-        .last()
-        .is_some_and(|e| !e.direction.is_input() && brokers.iter().any(|b| b == e.peer()))
-    {
-        transcript.entries.pop();
-    }
+    let transcript = without_clean_stop(transcript);
     if let Err(mismatch) = replay(&transcript, &mut Harness::new(&transcript)) {
         panic!("the recording does not replay:\n{mismatch}");
     }
@@ -206,4 +271,44 @@ async fn a_pcap_recording_opens_in_tshark() {
         _ => eprintln!("tshark not installed: structural checks only"),
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_recording_rotates_by_size_and_keeps_n_files() {
+    use mqttsn_gateway::engine::PeerAddr;
+    use mqttsn_gateway::record::snlog::{Endpoint, Payload, RecordEvent};
+    let dir = std::env::temp_dir().join(format!("mqttsn-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gw.snlog");
+    let limits = RecordLimits {
+        max_bytes: Some(2_000),
+        max_age: None,
+        keep: 2,
+    };
+    let recorder = Recorder::create(&path, limits).unwrap();
+    let frame = Message::PingReq { client_id: None }.to_vec().unwrap();
+    for i in 0..400 {
+        recorder.record(RecordEvent {
+            at: mqttsn_gateway::time::Instant::from_millis(i),
+            inbound: true,
+            peer: Endpoint::Device(PeerAddr::udp(([10, 0, 0, 1], 5000).into())),
+            local: None,
+            payload: Payload::Bytes(frame.clone().into()),
+        });
+    }
+    recorder.finish();
+    // The current file and two rotated ones, each a transcript that parses on its own.
+    for name in ["gw.snlog", "gw.snlog.1", "gw.snlog.2"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let t = Transcript::parse(&text, name).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!t.entries.is_empty(), "{name}");
+        assert!(
+            t.peers.iter().any(|p| p.name == "dev1"),
+            "{name} declares its peer again"
+        );
+    }
+    assert!(!dir.join("gw.snlog.3").exists());
+    let size = std::fs::metadata(dir.join("gw.snlog.1")).unwrap().len();
+    assert!(size < 2_000 + 200, "rotated at about the limit: {size}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,12 +6,14 @@ use crate::support::device::Device;
 use crate::support::mosquitto::Mosquitto;
 use mqttsn_gateway::codec::*;
 use mqttsn_gateway::config::Config;
+use mqttsn_gateway::config::Framing;
 use mqttsn_gateway::driver::{self, Recording, Running};
 use mqttsn_gateway::record::pcap::PcapWriter;
 use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
-use mqttsn_gateway::replay_tool::{replay, transcript_from_pcap, ReplayOptions};
+use mqttsn_gateway::replay_tool::{replay, replay_serial, transcript_from_pcap, ReplayOptions};
 use mqttsn_gateway::time::Instant;
 use mqttsn_gateway::transcript::{Direction, PeerKind, Transcript};
+use mqttsn_gateway::transport::serial::framing::{raw::RawCodec, Deframer, Received};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -290,5 +292,83 @@ fn swap_endianness(bytes: &mut [u8]) {
             swap(bytes, offset + at, 4);
         }
         offset += 16 + incl;
+    }
+}
+
+/// A fake gateway on the far end of a serial line in raw framing: answers CONNECT with CONNACK
+/// (accepted) and PINGREQ with PINGRESP, until the line closes.
+async fn fake_serial_gateway(mut line: tokio_serial::SerialStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut codec = RawCodec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = match line.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        codec.push(&buf[..n]);
+        while let Some(item) = codec.next() {
+            let Received::Frame(frame) = item else {
+                continue;
+            };
+            let answer: &[u8] = match Message::decode(&frame.payload) {
+                Ok(Message::Connect(_)) => &[3, 0x05, 0x00],
+                Ok(Message::PingReq { .. }) => &[2, 0x17],
+                _ => continue,
+            };
+            if line.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcript_replays_over_a_raw_serial_line_and_an_edit_is_reported() {
+    use tokio_serial::SerialPort;
+    let text = "@peer node serial serial0\n\
+                @peer brk broker\n\
+                0.000 node > gw 08 04 04 01 00 3C 6E 31  # CONNECT n1\n\
+                0.005 gw > node 03 05 00\n\
+                0.006 brk > gw !up\n\
+                0.050 node > gw 02 16\n\
+                0.055 gw > node 02 17\n";
+    let options = ReplayOptions {
+        answer_timeout: Duration::from_secs(2),
+        ..ReplayOptions::default()
+    };
+    for (transcript, differences) in [
+        (text.to_string(), 0),
+        // The CONNACK's return code edited to "rejected: congestion".
+        (text.replace("gw > node 03 05 00", "gw > node 03 05 01"), 1),
+    ] {
+        let transcript = Transcript::parse(&transcript, "serial").unwrap();
+        let (line, device) = tokio_serial::SerialStream::pair().expect("openpty");
+        let path = device.name().expect("pty has a name");
+        let gateway = tokio::spawn(fake_serial_gateway(line));
+        let report = replay_serial(&transcript, &path, 115_200, Framing::Raw, &options)
+            .await
+            .unwrap();
+        let rendered = report.render();
+        assert_eq!(report.devices.len(), 1, "{rendered}");
+        let dev = &report.devices[0];
+        assert_eq!(dev.name, "node", "{rendered}");
+        assert_eq!((dev.sent, dev.expected), (2, 2), "{rendered}");
+        assert_eq!(report.differences(), differences, "{rendered}");
+        assert_eq!(dev.matched, 2 - differences, "{rendered}");
+        if differences == 1 {
+            let difference = &dev.differences[0];
+            assert!(
+                difference.starts_with("line 4 (gw > node): a different frame"),
+                "{difference}"
+            );
+            assert!(difference.contains("CONNACK"), "{difference}");
+            assert!(
+                difference.contains("first difference at byte 2"),
+                "{difference}"
+            );
+        }
+        gateway.abort();
+        drop(device);
     }
 }

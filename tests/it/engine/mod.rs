@@ -13,6 +13,7 @@ use mqttsn_gateway::config::Config;
 use mqttsn_gateway::engine::{
     ConnId, Destination, Gateway, Link, PeerAddr, UpstreamCommand, UpstreamEvent,
 };
+use mqttsn_gateway::record::snlog::mqtt_packet_len;
 use mqttsn_gateway::time::Instant;
 use mqttsn_gateway::transcript::replay::{
     replay_file, ReplayInput, ReplayOutcome, ReplayOutput, Replayable,
@@ -132,7 +133,16 @@ impl Harness {
             };
             let out = match cmd {
                 UpstreamCommand::Open(_) => ReplayOutput::Control(Control::Open),
-                UpstreamCommand::Send(_, bytes) => ReplayOutput::Frame(bytes.to_vec()),
+                UpstreamCommand::Send(_, bytes) => {
+                    // One MQTT packet per transcript line, as the recorder writes them.
+                    let mut rest = &bytes[..];
+                    while let Some(len) = mqtt_packet_len(rest) {
+                        self.pending
+                            .push_back((kind.clone(), ReplayOutput::Frame(rest[..len].to_vec())));
+                        rest = &rest[len..];
+                    }
+                    continue;
+                }
                 UpstreamCommand::Close(_) => ReplayOutput::Control(Control::Close),
                 UpstreamCommand::Abort(_) => ReplayOutput::Control(Control::Abort),
             };
