@@ -291,6 +291,38 @@ pub fn run_id() -> String {
     format!("{:06x}", rng.next_u64() & 0xFF_FFFF)
 }
 
+/// What reached the subscriber, as every mode that publishes reports it: arrivals, loss against
+/// what was sent, and (QoS 1) whether every acknowledged message arrived.
+pub fn print_arrivals(
+    unique: u64,
+    recv_time: Duration,
+    lost: u64,
+    sent: u64,
+    drained: bool,
+    acked_missing: Option<u64>,
+) {
+    println!(
+        "  received            {unique} unique = {} (start to last arrival, {:.2} s)",
+        per_sec(unique, recv_time),
+        recv_time.as_secs_f64()
+    );
+    println!(
+        "  lost                {lost} ({}){}",
+        pct(lost, sent),
+        if drained { "" } else { " [drain timed out]" }
+    );
+    if let Some(missing) = acked_missing {
+        println!(
+            "  acked but missing   {missing}{}",
+            if missing == 0 {
+                " (every PUBACKed message arrived)"
+            } else {
+                " (QoS 1 VIOLATION)"
+            }
+        );
+    }
+}
+
 /// A rate for people.
 pub fn per_sec(n: u64, d: Duration) -> String {
     let s = d.as_secs_f64();

@@ -6,7 +6,7 @@
 //! rumqttc's own overhead is part of the figures: it allocates the topic and payload of every
 //! message, and writes and flushes (one syscall) every packet separately.
 
-use crate::common::{drain, pct, per_sec, Limit, Pacer, Progress, RunLength, Watched};
+use crate::common::{drain, per_sec, print_arrivals, Limit, Pacer, Progress, RunLength, Watched};
 use crate::payload::{self, Stamp};
 use crate::stats::{fmt_ns, nanos, now_ns, Histogram, Live, SeqSet};
 use crate::subscriber::{options, Subscriber};
@@ -230,26 +230,14 @@ pub async fn run(p: Params) -> Result<(), String> {
             per_sec(acked, send_time)
         );
     }
-    println!(
-        "  received            {unique} unique = {} (start to last arrival, {:.2} s)",
-        per_sec(unique, recv_time),
-        recv_time.as_secs_f64()
+    print_arrivals(
+        unique,
+        recv_time,
+        lost,
+        written,
+        drained,
+        p.qos1.then_some(acked_missing),
     );
-    println!(
-        "  lost                {lost} ({}){}",
-        pct(lost, written),
-        if drained { "" } else { " [drain timed out]" }
-    );
-    if p.qos1 {
-        println!(
-            "  acked but missing   {acked_missing}{}",
-            if acked_missing == 0 {
-                " (every PUBACKed message arrived)"
-            } else {
-                " (QoS 1 VIOLATION)"
-            }
-        );
-    }
     println!(
         "  duplicates          {}; reordered {}; foreign {}; subscriber reconnects {}; client errors {errors}",
         received.duplicates, received.reordered, received.foreign, received.reconnects

@@ -6,7 +6,9 @@
 //! into a reused buffer). QoS 1: one task per device, lock-step with a window (the next PUBLISH
 //! once a PUBACK frees a slot), retransmitting with DUP after `--retry-ms`.
 
-use crate::common::{drain, pct, per_sec, Limit, Pacer, Progress, RunLength, UdpDrops, Watched};
+use crate::common::{
+    drain, per_sec, print_arrivals, Limit, Pacer, Progress, RunLength, UdpDrops, Watched,
+};
 use crate::payload::Stamp;
 use crate::sn::{self, Device, Then, Timing};
 use crate::stats::{fmt_ns, now_ns, Histogram, Live, SeqSet};
@@ -193,26 +195,14 @@ pub async fn run(p: Params) -> Result<(), String> {
             per_sec(acked, send_time)
         );
     }
-    println!(
-        "  received            {unique} unique = {} (start to last arrival, {:.2} s)",
-        per_sec(unique, recv_time),
-        recv_time.as_secs_f64()
+    print_arrivals(
+        unique,
+        recv_time,
+        lost,
+        total_sent,
+        drained,
+        p.qos1.then_some(acked_missing),
     );
-    println!(
-        "  lost                {lost} ({}){}",
-        pct(lost, total_sent),
-        if drained { "" } else { " [drain timed out]" }
-    );
-    if p.qos1 {
-        println!(
-            "  acked but missing   {acked_missing}{}",
-            if acked_missing == 0 {
-                " (every PUBACKed message arrived)"
-            } else {
-                " (QoS 1 VIOLATION)"
-            }
-        );
-    }
     println!(
         "  duplicates          {}; reordered {}; foreign {}; subscriber reconnects {}; send errors {errors}",
         received.duplicates, received.reordered, received.foreign, received.reconnects
