@@ -408,6 +408,9 @@ impl Gateway {
         if self.settings.mode == Mode::Aggregating && granted.is_some() {
             self.retained_for.insert(pending.filter.clone(), key);
         }
+        if granted.is_none() {
+            self.undo_subscription(key, &pending.filter);
+        }
         let (qos, rc) = match granted {
             Some(q) => (pending.qos.min(q), ReturnCode::Accepted),
             None => (pending.qos, ReturnCode::NotSupported),

@@ -505,7 +505,22 @@ impl Gateway {
                     .retain(|p| p.msg_id != s.msg_id);
                 client.tidy();
             }
+            self.undo_subscription(key, &filter);
             suback(self, topic_id, ReturnCode::Congestion);
+        }
+    }
+
+    /// Takes back a subscription the broker did not grant, so that the device gets nothing
+    /// for a SUBSCRIBE it was told failed.
+    pub(super) fn undo_subscription(&mut self, key: ClientKey, filter: &Arc<str>) {
+        if let Some(client) = self.client_mut(key) {
+            client.extras_mut().filters.retain(|(f, _)| f != filter);
+            client.tidy();
+        }
+        if self.settings.mode == Mode::Aggregating {
+            if let Some(change) = self.subscriptions.unsubscribe(key, filter) {
+                self.apply_upstream_change(change);
+            }
         }
     }
 

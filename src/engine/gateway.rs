@@ -409,6 +409,18 @@ impl Gateway {
             State::Disconnected => return None,
             _ => client.keep_alive_secs,
         };
+        let handshake = matches!(
+            client.state,
+            State::WillTopic | State::WillMsg | State::Connecting
+        );
+        if secs == 0 && handshake {
+            // Even without keep-alive, a CONNECT that is never completed must not hold a
+            // session forever: allow the retransmissions a device would make.
+            let attempts = u64::from(self.settings.n_retry) + 1;
+            return Some(Duration::from_millis(
+                self.settings.t_retry.as_millis().saturating_mul(attempts),
+            ));
+        }
         if secs == 0 {
             return None; // keep-alive 0: no supervision (§5.4.4)
         }
