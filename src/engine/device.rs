@@ -152,6 +152,12 @@ impl Gateway {
                 key
             }
             None => {
+                // A kept session of a device that is gone gives way to a device that is here.
+                if self.clients.len() >= self.settings.max_clients {
+                    if let Some(idle) = self.oldest_disconnected() {
+                        self.remove_client(idle);
+                    }
+                }
                 if self.clients.len() >= self.settings.max_clients {
                     return self.reject_connect(
                         peer,

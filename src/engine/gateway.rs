@@ -428,6 +428,16 @@ impl Gateway {
         Some(Duration::from_millis(ms as u64))
     }
 
+    /// The disconnected session (CleanSession=0, device gone) heard from longest ago, if any.
+    /// Only looked for when the session table is full, so the scan is rare.
+    pub(super) fn oldest_disconnected(&self) -> Option<ClientKey> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| c.state == State::Disconnected)
+            .min_by_key(|(_, c)| c.last_seen)
+            .map(|(key, _)| ClientKey(key))
+    }
+
     /// Makes sure a supervision timer is pending for the client.
     pub(super) fn supervise(&mut self, key: ClientKey) {
         let Some(client) = self.client(key) else {

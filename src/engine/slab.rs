@@ -74,6 +74,16 @@ impl<T> Slab<T> {
         Some(value)
     }
 
+    /// Occupied slots with their keys, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> + '_ {
+        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, slot)| Some(((c * CHUNK + i) as u32, slot.as_ref()?)))
+        })
+    }
+
     /// Number of occupied slots.
     pub fn len(&self) -> usize {
         self.len
