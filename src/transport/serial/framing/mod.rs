@@ -213,6 +213,20 @@ pub trait Encoder {
     ) -> Result<(), EncodeError>;
 }
 
+/// The checks every encoder makes before framing a payload: not empty, not over `max`.
+pub(crate) fn check_payload(payload: &[u8], max: usize) -> Result<(), EncodeError> {
+    if payload.is_empty() {
+        return Err(EncodeError::Empty);
+    }
+    if payload.len() > max {
+        return Err(EncodeError::TooLong {
+            len: payload.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Why a frame cannot be sent with a framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum EncodeError {

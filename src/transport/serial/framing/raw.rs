@@ -186,15 +186,7 @@ impl Encoder for RawCodec {
         _to: Option<RadioAddr>,
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        if payload.is_empty() {
-            return Err(EncodeError::Empty);
-        }
-        if payload.len() > self.max_len {
-            return Err(EncodeError::TooLong {
-                len: payload.len(),
-                max: self.max_len,
-            });
-        }
+        super::check_payload(payload, self.max_len)?;
         if frame_len(payload, self.max_len) != Header::Frame(payload.len()) {
             return Err(EncodeError::NotAFrame);
         }

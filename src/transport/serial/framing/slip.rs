@@ -267,15 +267,7 @@ impl Encoder for SlipCodec {
         _to: Option<RadioAddr>,
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        if payload.is_empty() {
-            return Err(EncodeError::Empty);
-        }
-        if payload.len() > self.max_len {
-            return Err(EncodeError::TooLong {
-                len: payload.len(),
-                max: self.max_len,
-            });
-        }
+        super::check_payload(payload, self.max_len)?;
         // Worst case: every octet escaped, plus the two ENDs.
         out.reserve(2 * (payload.len() + self.crc_len()) + 2);
         out.extend_from_slice(&[END]);

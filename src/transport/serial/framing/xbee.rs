@@ -372,15 +372,7 @@ impl Encoder for XbeeCodec {
         to: Option<RadioAddr>,
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        if payload.is_empty() {
-            return Err(EncodeError::Empty);
-        }
-        if payload.len() > self.payload_limit {
-            return Err(EncodeError::TooLong {
-                len: payload.len(),
-                max: self.payload_limit,
-            });
-        }
+        super::check_payload(payload, self.payload_limit)?;
         let dest = to.unwrap_or(RadioAddr::BROADCAST);
         let frame_id = self.next_frame_id;
         self.next_frame_id = frame_id.checked_add(1).unwrap_or(1);
