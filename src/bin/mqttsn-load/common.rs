@@ -1,7 +1,7 @@
 //! Pieces every mode uses: pacing, run length, the progress printer, waiting for stragglers,
 //! CPU and memory of other processes, and argument helpers.
 
-use crate::stats::{Live, Rng};
+use crate::stats::{fmt_ns, Histogram, Live, Rng};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -321,6 +321,54 @@ pub fn print_arrivals(
             }
         );
     }
+}
+
+/// The totals a publishing mode reports at the end.
+pub struct Totals<'a> {
+    /// Whether the run used QoS 1 (acknowledgements and round trips are reported).
+    pub qos1: bool,
+    /// Messages sent, acknowledged, and received once each.
+    pub sent: u64,
+    pub acked: u64,
+    pub unique: u64,
+    /// Sent but never received; acknowledged but never received.
+    pub lost: u64,
+    pub acked_missing: u64,
+    /// How long sending took, and the span of arrivals.
+    pub send_time: Duration,
+    pub recv_time: Duration,
+    /// End-to-end latency, and PUBLISH->PUBACK round trips.
+    pub e2e: &'a Histogram,
+    pub rtt: &'a Histogram,
+}
+
+/// The end of a publishing mode's report: latencies, the watched processes, and the one-line
+/// `summary:` that scripts parse, starting with `head` (mode and parameters).
+pub fn print_tail(head: &str, t: &Totals<'_>, watched: &str) {
+    println!("  latency end-to-end  {}", t.e2e.summary());
+    if t.qos1 {
+        println!("  PUBLISH->PUBACK     {}", t.rtt.summary());
+    }
+    println!("  {watched}");
+    let qos1 = if t.qos1 {
+        format!(
+            " acked/s={:.0} rtt_p50={} rtt_p99={} acked_missing={}",
+            t.acked as f64 / t.send_time.as_secs_f64(),
+            fmt_ns(t.rtt.quantile(0.5)),
+            fmt_ns(t.rtt.quantile(0.99)),
+            t.acked_missing
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "summary: {head} sent/s={:.0} received/s={:.0} lost={} e2e_p50={} e2e_p99={}{qos1}",
+        t.sent as f64 / t.send_time.as_secs_f64(),
+        t.unique as f64 / t.recv_time.as_secs_f64(),
+        t.lost,
+        fmt_ns(t.e2e.quantile(0.5)),
+        fmt_ns(t.e2e.quantile(0.99)),
+    );
 }
 
 /// A rate for people.

@@ -6,9 +6,11 @@
 //! rumqttc's own overhead is part of the figures: it allocates the topic and payload of every
 //! message, and writes and flushes (one syscall) every packet separately.
 
-use crate::common::{drain, per_sec, print_arrivals, Limit, Pacer, Progress, RunLength, Watched};
+use crate::common::{
+    drain, per_sec, print_arrivals, print_tail, Limit, Pacer, Progress, RunLength, Totals, Watched,
+};
 use crate::payload::{self, Stamp};
-use crate::stats::{fmt_ns, nanos, now_ns, Histogram, Live, SeqSet};
+use crate::stats::{nanos, now_ns, Histogram, Live, SeqSet};
 use crate::subscriber::{options, Subscriber};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
@@ -245,30 +247,27 @@ pub async fn run(p: Params) -> Result<(), String> {
     if let Some(e) = results.iter().find_map(|r| r.first_error.as_deref()) {
         println!("  first client error  {e}");
     }
-    println!("  latency end-to-end  {}", e2e.summary());
-    if p.qos1 {
-        println!("  PUBLISH->PUBACK     {}", rtt.summary());
-    }
-    println!("  {}", p.watched.describe(&before, &after));
-    println!(
-        "summary: direct qos={} clients={} offered={} sent/s={:.0} received/s={:.0} lost={lost} e2e_p50={} e2e_p99={}{}",
-        u8::from(p.qos1),
-        p.clients,
-        p.rate,
-        written as f64 / send_time.as_secs_f64(),
-        unique as f64 / recv_time.as_secs_f64(),
-        fmt_ns(e2e.quantile(0.5)),
-        fmt_ns(e2e.quantile(0.99)),
-        if p.qos1 {
-            format!(
-                " acked/s={:.0} rtt_p50={} rtt_p99={} acked_missing={acked_missing}",
-                acked as f64 / send_time.as_secs_f64(),
-                fmt_ns(rtt.quantile(0.5)),
-                fmt_ns(rtt.quantile(0.99))
-            )
-        } else {
-            String::new()
-        }
+    let totals = Totals {
+        qos1: p.qos1,
+        sent: written,
+        acked,
+        unique,
+        lost,
+        acked_missing,
+        send_time,
+        recv_time,
+        e2e: &e2e,
+        rtt: &rtt,
+    };
+    print_tail(
+        &format!(
+            "direct qos={} clients={} offered={}",
+            u8::from(p.qos1),
+            p.clients,
+            p.rate
+        ),
+        &totals,
+        &p.watched.describe(&before, &after),
     );
     Ok(())
 }

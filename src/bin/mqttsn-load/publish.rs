@@ -7,11 +7,12 @@
 //! once a PUBACK frees a slot), retransmitting with DUP after `--retry-ms`.
 
 use crate::common::{
-    drain, per_sec, print_arrivals, Limit, Pacer, Progress, RunLength, UdpDrops, Watched,
+    drain, per_sec, print_arrivals, print_tail, Limit, Pacer, Progress, RunLength, Totals,
+    UdpDrops, Watched,
 };
 use crate::payload::Stamp;
 use crate::sn::{self, Device, Then, Timing};
-use crate::stats::{fmt_ns, now_ns, Histogram, Live, SeqSet};
+use crate::stats::{now_ns, Histogram, Live, SeqSet};
 use crate::subscriber::Subscriber;
 use mqttsn_gateway::codec::{Message, QoS, ReturnCode};
 use std::net::SocketAddr;
@@ -214,29 +215,26 @@ pub async fn run(p: Params) -> Result<(), String> {
         "  UDP buffer drops    {} at the gateway's socket, {} at the devices' sockets (kernel counters)",
         drops.gateway, drops.devices
     );
-    println!("  latency end-to-end  {}", e2e.summary());
-    if p.qos1 {
-        println!("  PUBLISH->PUBACK     {}", rtt.summary());
-    }
-    println!("  {}", p.watched.describe(&before, &after));
-    println!(
-        "summary: publish qos={} devices={ready} offered={} sent/s={:.0} received/s={:.0} lost={lost} e2e_p50={} e2e_p99={}{}",
-        u8::from(p.qos1),
-        p.rate,
-        total_sent as f64 / send_time.as_secs_f64(),
-        unique as f64 / recv_time.as_secs_f64(),
-        fmt_ns(e2e.quantile(0.5)),
-        fmt_ns(e2e.quantile(0.99)),
-        if p.qos1 {
-            format!(
-                " acked/s={:.0} rtt_p50={} rtt_p99={} acked_missing={acked_missing}",
-                acked as f64 / send_time.as_secs_f64(),
-                fmt_ns(rtt.quantile(0.5)),
-                fmt_ns(rtt.quantile(0.99))
-            )
-        } else {
-            String::new()
-        }
+    let totals = Totals {
+        qos1: p.qos1,
+        sent: total_sent,
+        acked,
+        unique,
+        lost,
+        acked_missing,
+        send_time,
+        recv_time,
+        e2e: &e2e,
+        rtt: &rtt,
+    };
+    print_tail(
+        &format!(
+            "publish qos={} devices={ready} offered={}",
+            u8::from(p.qos1),
+            p.rate
+        ),
+        &totals,
+        &p.watched.describe(&before, &after),
     );
     let unanswered = sn::disconnect_all(devices, p.setup_concurrency).await;
     if unanswered > 0 {
