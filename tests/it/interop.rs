@@ -4,7 +4,6 @@
 
 use crate::support::mosquitto::Mosquitto;
 use crate::support::mqtt::Client;
-use mqttsn_gateway::config::Config;
 use mqttsn_gateway::driver;
 use rumqttc::QoS as MqttQoS;
 use std::process::Command;
@@ -26,15 +25,7 @@ fn python_tool(module: &str, args: &[String]) -> std::process::Output {
 }
 
 async fn start(broker: &Mosquitto) -> driver::Running {
-    let config = Config::from_toml_str(
-        &format!(
-            "[[udp]]\nbind = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
-            broker.url()
-        ),
-        "test",
-    )
-    .unwrap();
-    driver::start(config).await.unwrap()
+    driver::start(broker.gateway_config("")).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

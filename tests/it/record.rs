@@ -6,22 +6,10 @@ use crate::engine::Harness;
 use crate::support::device::Device;
 use crate::support::mosquitto::Mosquitto;
 use mqttsn_gateway::codec::*;
-use mqttsn_gateway::config::Config;
 use mqttsn_gateway::driver::{self, Recording};
 use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
 use mqttsn_gateway::transcript::replay::replay;
 use mqttsn_gateway::transcript::{PeerKind, Transcript};
-
-fn config(broker: &Mosquitto) -> Config {
-    Config::from_toml_str(
-        &format!(
-            "[[udp]]\nbind = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
-            broker.url()
-        ),
-        "test",
-    )
-    .unwrap()
-}
 
 /// Connects (retrying while the broker connection comes up), registers, publishes QoS 1.
 async fn conversation(dev: &Device) {
@@ -86,7 +74,7 @@ async fn recorded_fixtures_replay_against_a_fresh_gateway() {
         publisher
             .publish("fixture/cmd/led", rumqttc::QoS::AtLeastOnce, true, b"on")
             .await;
-        let gw = driver::start(config(&broker)).await.unwrap();
+        let gw = driver::start(broker.gateway_config("")).await.unwrap();
         // Wait until the gateway's broker connection is up (a throwaway device is accepted).
         let probe = Device::new(gw.udp_addrs()[0]).await;
         loop {
@@ -130,7 +118,7 @@ async fn a_recording_parses_and_replays_on_virtual_time() {
     let path = std::env::temp_dir().join(format!("mqttsn-rec-{}.snlog", std::process::id()));
     let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
     let gw = driver::start_with(
-        config(&broker),
+        broker.gateway_config(""),
         Recording {
             snlog: Some(recorder),
         },
@@ -185,7 +173,7 @@ async fn a_full_disk_does_not_stop_the_gateway() {
     let recorder =
         Recorder::create(std::path::Path::new("/dev/full"), RecordLimits::default()).unwrap();
     let gw = driver::start_with(
-        config(&broker),
+        broker.gateway_config(""),
         Recording {
             snlog: Some(recorder),
         },
@@ -216,7 +204,7 @@ async fn a_pcap_recording_opens_in_tshark() {
     let broker_addr: std::net::SocketAddr = ([127, 0, 0, 1], broker.port()).into();
     let recorder = Recorder::start(None, Some((&path, broker_addr))).unwrap();
     let gw = driver::start_with(
-        config(&broker),
+        broker.gateway_config(""),
         Recording {
             snlog: Some(recorder),
         },

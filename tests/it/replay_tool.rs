@@ -5,7 +5,6 @@
 use crate::support::device::Device;
 use crate::support::mosquitto::Mosquitto;
 use mqttsn_gateway::codec::*;
-use mqttsn_gateway::config::Config;
 use mqttsn_gateway::config::Framing;
 use mqttsn_gateway::driver::{self, Recording, Running};
 use mqttsn_gateway::record::pcap::PcapWriter;
@@ -16,17 +15,6 @@ use mqttsn_gateway::transcript::{Direction, PeerKind, Transcript};
 use mqttsn_gateway::transport::serial::framing::{raw::RawCodec, Deframer, Received};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-fn config(broker: &Mosquitto) -> Config {
-    Config::from_toml_str(
-        &format!(
-            "[[udp]]\nbind = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n",
-            broker.url()
-        ),
-        "test",
-    )
-    .unwrap()
-}
 
 /// CONNECTs `client_id` until the gateway accepts it (its broker connection is up).
 async fn connect_until_accepted(dev: &Device, client_id: &str) {
@@ -78,7 +66,7 @@ async fn record_session() -> String {
         std::env::temp_dir().join(format!("mqttsn-replay-tool-{}.snlog", std::process::id()));
     let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
     let gw = driver::start_with(
-        config(&broker),
+        broker.gateway_config(""),
         Recording {
             snlog: Some(recorder),
         },
@@ -105,7 +93,7 @@ async fn record_session() -> String {
 /// A fresh gateway (and broker) whose broker connection is up.
 async fn fresh_gateway() -> (Mosquitto, Running) {
     let broker = Mosquitto::start();
-    let gw = driver::start_with(config(&broker), Recording { snlog: None })
+    let gw = driver::start_with(broker.gateway_config(""), Recording { snlog: None })
         .await
         .unwrap();
     warmed_up(&gw).await;

@@ -7,7 +7,6 @@ use crate::support::mqtt::Client;
 use crate::support::PATIENCE;
 use bytes::BytesMut;
 use mqttsn_gateway::codec::*;
-use mqttsn_gateway::config::Config;
 use mqttsn_gateway::driver;
 use mqttsn_gateway::transport::serial::framing::{
     raw::RawCodec, Deframer, Encoder, RadioAddr, Received,
@@ -131,17 +130,6 @@ async fn read_api_frame(line: &mut SerialStream) -> Vec<u8> {
     frame
 }
 
-fn config(broker: &Mosquitto, serial: &str) -> Config {
-    Config::from_toml_str(
-        &format!(
-            "[[udp]]\nbind = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n{serial}",
-            broker.url()
-        ),
-        "test",
-    )
-    .unwrap()
-}
-
 fn connect(id: &str) -> Message<'_> {
     Message::Connect(Connect {
         will: false,
@@ -163,7 +151,7 @@ async fn xbee_coordinator_with_two_nodes_and_a_raw_uart_node() {
          [[serial]]\nport = \"{}\"\nbaud = 115200\nframing = \"raw\"\n",
         xbee.path, raw.path
     );
-    let gw = driver::start(config(&broker, &serial)).await.unwrap();
+    let gw = driver::start(broker.gateway_config(&serial)).await.unwrap();
     let node_a = RadioAddr::new(0x0013_A200_40A1_B2C3, 0x1234);
     let node_b = RadioAddr::new(0x0013_A200_40A1_B2C4, 0x5678);
 
@@ -330,7 +318,7 @@ async fn serial_port_unplugged_and_replugged() {
         "[[serial]]\nport = \"{}\"\nbaud = 9600\nframing = \"raw\"\n",
         stable.display()
     );
-    let gw = driver::start(config(&broker, &serial)).await.unwrap();
+    let gw = driver::start(broker.gateway_config(&serial)).await.unwrap();
     let mut uart = Radio {
         line: first.line,
         codec: RawCodec::new(),

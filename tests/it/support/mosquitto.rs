@@ -72,6 +72,19 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// A gateway configuration for tests: UDP on a free loopback port, this broker upstream,
+    /// and `extra` TOML (tables such as `[[serial]]`) appended.
+    pub fn gateway_config(&self, extra: &str) -> mqttsn_gateway::config::Config {
+        mqttsn_gateway::config::Config::from_toml_str(
+            &format!(
+                "[[udp]]\nbind = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n{extra}",
+                self.url()
+            ),
+            "test",
+        )
+        .expect("test configuration is valid")
+    }
+
     /// Kills the broker (like a crash: connections reset, nothing persisted).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
