@@ -8,6 +8,8 @@ use mqttsn_gateway::codec::{
 };
 use mqttsn_gateway::config::Config;
 use mqttsn_gateway::engine::{ConnId, Gateway, PeerAddr, UpstreamEvent};
+use mqttsn_gateway::hash::HashSeed;
+use mqttsn_gateway::mqtt_v4::MQTT_V4;
 use mqttsn_gateway::time::Instant;
 use std::hint::black_box;
 
@@ -29,7 +31,7 @@ fn drain(gw: &mut Gateway) -> usize {
 
 /// A gateway whose broker connection is up (CONNACK received).
 fn gateway_with_broker() -> Gateway {
-    let mut gw = Gateway::new(&Config::default());
+    let mut gw = Gateway::new(Config::default().engine_settings(HashSeed(1, 2)), &MQTT_V4);
     let t = Instant::ZERO;
     gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Connected);
     gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Data(&[0x20, 2, 0, 0]));

@@ -7,6 +7,8 @@
 use mqttsn_gateway::codec::{Connect, Message, Register};
 use mqttsn_gateway::config::Config;
 use mqttsn_gateway::engine::{ConnId, Gateway, PeerAddr, UpstreamEvent};
+use mqttsn_gateway::hash::HashSeed;
+use mqttsn_gateway::mqtt_v4::MQTT_V4;
 use mqttsn_gateway::time::Instant;
 
 fn rss_bytes() -> Option<u64> {
@@ -40,7 +42,7 @@ fn measure(shared_names: bool) {
     const CLIENTS: u32 = 100_000;
     let mut config = Config::default();
     config.gateway.max_clients = CLIENTS as usize;
-    let mut gw = Gateway::new(&config);
+    let mut gw = Gateway::new(config.engine_settings(HashSeed(1, 2)), &MQTT_V4);
     let t = Instant::ZERO;
     gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Connected);
     gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Data(&[0x20, 2, 0, 0]));

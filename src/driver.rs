@@ -6,12 +6,14 @@ use crate::config::{Config, UpstreamUrl};
 use crate::engine::{
     ConnId, Destination, Event, Gateway, Link, PeerAddr, UpstreamCommand, UpstreamEvent,
 };
+use crate::mqtt_v4::MQTT_V4;
 use crate::record::snlog::{Endpoint, Payload, RecordEvent, Recorder};
 use crate::time::Instant;
 use crate::transcript::Control;
 use crate::transport::serial::port::{SerialInbound, SerialTransport};
 use crate::transport::udp::{Datagram, UdpError, UdpTransport};
 use crate::transport::upstream::{ConnEvent, UpstreamError, UpstreamPool, UpstreamSettings};
+use mqttsn_core::hash::HashSeed;
 use std::future::Future;
 use std::net::SocketAddr;
 use thiserror::Error;
@@ -107,13 +109,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
         #[cfg(not(feature = "embedded-broker"))]
         return Err(DriverError::NoEmbeddedBroker);
     }
-    let broker = match &config.upstream.url {
-        UpstreamUrl::Tcp { host, port } | UpstreamUrl::Tls { host, port } => host
-            .parse::<std::net::IpAddr>()
-            .map(|ip| SocketAddr::new(ip, *port))
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], *port))),
-        UpstreamUrl::Embedded => SocketAddr::from(([0, 0, 0, 0], 0)),
-    };
+    let broker = config.upstream.broker_addr();
     if config.gateway.mode == crate::config::Mode::Transparent {
         warn_if_few_file_descriptors(config.gateway.max_clients);
     }
@@ -128,7 +124,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     let serial = SerialTransport::start(&config.serial, serial_tx);
     let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
     let pool = UpstreamPool::new(settings, events_tx);
-    let engine = Gateway::new(&config);
+    let engine = Gateway::new(config.engine_settings(random_hash_seed()), &MQTT_V4);
     let task = tokio::spawn(async move {
         let stop = async {
             let _ = stop_rx.await;
@@ -189,6 +185,14 @@ fn warn_if_few_file_descriptors(max_clients: usize) {
     }
 }
 
+/// Keys for the engine's hash maps that a device cannot guess, from the OS randomness behind
+/// std's `RandomState` (so no randomness crate is needed).
+fn random_hash_seed() -> HashSeed {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    HashSeed(state.hash_one(0u8), state.hash_one(1u8))
+}
+
 /// The engine's clock: milliseconds since the loop started.
 struct Clock(std::time::Instant);
 
@@ -230,6 +234,16 @@ impl Io {
                 payload,
             });
         }
+    }
+}
+
+/// What the recorder writes for an upstream command or event: its transcript control word (the
+/// core's mapping, shared with the replay harness), else its bytes.
+fn recorded(control: Option<Control>, data: Option<&bytes::Bytes>) -> Payload {
+    match (control, data) {
+        (Some(control), _) => Payload::Control(control),
+        (None, Some(bytes)) => Payload::Bytes(bytes.clone()),
+        (None, None) => Payload::Bytes(bytes::Bytes::new()),
     }
 }
 
@@ -283,20 +297,16 @@ async fn event_loop(
                 let mut taken = 0;
                 while let Some((conn, event)) = next {
                     let now = clock.now();
+                    let (upstream_event, data) = match &event {
+                        ConnEvent::Connected => (UpstreamEvent::Connected, None),
+                        ConnEvent::Data(bytes) => (UpstreamEvent::Data(bytes), Some(bytes)),
+                        ConnEvent::Disconnected => (UpstreamEvent::Disconnected, None),
+                    };
                     if io.recorder.is_some() {
-                        let payload = match &event {
-                            ConnEvent::Connected => Payload::Control(Control::Up),
-                            ConnEvent::Data(bytes) => Payload::Bytes(bytes.clone()),
-                            ConnEvent::Disconnected => Payload::Control(Control::Down),
-                        };
+                        let payload = recorded(upstream_event.control(), data);
                         io.record(now, true, broker_endpoint(&engine, conn), payload);
                     }
-                    let event = match &event {
-                        ConnEvent::Connected => UpstreamEvent::Connected,
-                        ConnEvent::Data(bytes) => UpstreamEvent::Data(bytes),
-                        ConnEvent::Disconnected => UpstreamEvent::Disconnected,
-                    };
-                    engine.handle_upstream(now, conn, event);
+                    engine.handle_upstream(now, conn, upstream_event);
                     taken += 1;
                     next = if taken < BATCH { upstream.try_recv().ok() } else { None };
                 }
@@ -327,13 +337,12 @@ async fn event_loop(
 async fn flush(engine: &mut Gateway, io: &mut Io, now: Instant) {
     while let Some(command) = engine.poll_upstream() {
         if io.recorder.is_some() {
-            let (conn, payload) = match &command {
-                UpstreamCommand::Open(c) => (*c, Payload::Control(Control::Open)),
-                UpstreamCommand::Send(c, bytes) => (*c, Payload::Bytes(bytes.clone())),
-                UpstreamCommand::Close(c) => (*c, Payload::Control(Control::Close)),
-                UpstreamCommand::Abort(c) => (*c, Payload::Control(Control::Abort)),
+            let data = match &command {
+                UpstreamCommand::Send(_, bytes) => Some(bytes),
+                _ => None,
             };
-            io.record(now, false, broker_endpoint(engine, conn), payload);
+            let payload = recorded(command.control(), data);
+            io.record(now, false, broker_endpoint(engine, command.conn()), payload);
         }
         match command {
             UpstreamCommand::Open(conn) => io.pool.open(conn),

@@ -2,40 +2,40 @@
 //! MQTT broker.
 //!
 //! # Architecture
-//! A pure, deterministic protocol core (no sockets, no clock reads: time comes in with every
-//! input) surrounded by thin IO adapters:
+//! A pure, deterministic protocol core (the `mqttsn-core` crate: no sockets, no clock reads, time
+//! comes in with every input) surrounded by thin IO adapters in this crate:
 //!
 //! ```text
 //!  UDP / serial adapters ──frames + peer + now──▶ engine ◀──bytes──▶ upstream MQTT connection(s)
 //!                        ◀──frames to send, timers, events──
 //! ```
 //!
-//! # Module map
-//! - [`codec`]: the MQTT-SN v1.2 wire format (every message, both length forms, forwarder
-//!   encapsulation); total decoding with typed errors.
-//! - [`config`]: the `gateway.toml` schema, defaults and validation with errors naming file, key and line.
-//! - [`time`]: the core's own virtual clock types (milliseconds since start).
-//! - [`transcript`]: the text format of timestamped frames between named peers, used for recordings
-//!   and for tests replayed on virtual time.
-//! - [`decode_tool`]: the `decode` subcommand (hex frames to text or JSON).
-//! - [`engine`]: the deterministic gateway core (sessions, topic ids, sleep buffers, upstream MQTT state).
-//! - [`driver`]: the tokio event loop that owns the engine and runs the transports.
-//! - [`transport`]: UDP towards devices, TCP/TLS towards the broker.
+//! # Where each concept lives
+//! - [`codec`]: the MQTT-SN v1.2 wire format (crate `mqttsn-codec`, `no_std`).
+//! - [`engine`], [`time`], [`transcript`], [`hex`]: the protocol core (crate `mqttsn-core`):
+//!   sessions, the topic-id registry, sleep buffers, the upstream MQTT session, virtual time and
+//!   transcripts with their replay harness.
+//! - [`mqtt_v4`]: MQTT 3.1.1 packets for the core's upstream session, on rumqttc's codec.
+//! - [`config`]: the `gateway.toml` schema, defaults and validation with errors naming file, key
+//!   and line, and the core's settings built from it.
+//! - [`driver`]: the tokio event loop that owns the engine, reads the clock and runs the
+//!   transports under one shutdown signal.
+//! - [`transport`]: UDP and serial radios towards devices, TCP/TLS towards the broker.
 //! - `embedded`: an in-process MQTT broker for zero-setup starts (feature `embedded-broker`).
-//! - [`record`]: recordings while running: transcripts (`--record`) and pcap files for Wireshark.
-//! - [`replay_tool`]: the `replay` subcommand: a recording's device side against a running gateway.
-//! - [`hex`]: hex parsing and formatting shared by the CLI and transcripts.
+//! - [`record`]: recordings while running (transcripts with `--record`, pcap files for
+//!   Wireshark) and the pcap reader.
+//! - [`replay`]: the `replay` subcommand: a recording's device side against a running gateway.
+//! - [`decode_tool`]: the `decode` subcommand (hex frames to text or JSON).
 
-pub mod codec;
+pub use mqttsn_codec as codec;
+pub use mqttsn_core::{engine, hash, hex, time, transcript};
+
 pub mod config;
 pub mod decode_tool;
 pub mod driver;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
-pub mod engine;
-pub mod hex;
+pub mod mqtt_v4;
 pub mod record;
 pub mod replay_tool;
-pub mod time;
-pub mod transcript;
 pub mod transport;

@@ -289,13 +289,7 @@ fn recording(args: &RunArgs, config: &Config) -> Result<Recording, String> {
         keep: args.record_keep,
     };
     // Broker traffic appears in the pcap as TCP to the broker's address.
-    let broker = match &config.upstream.url {
-        UpstreamUrl::Tcp { host, port } | UpstreamUrl::Tls { host, port } => host
-            .parse()
-            .map(|ip| SocketAddr::new(ip, *port))
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], *port))),
-        UpstreamUrl::Embedded => config.upstream.embedded_bind,
-    };
+    let broker = config.upstream.broker_addr();
     let snlog = args.record.as_deref().map(|p| (p, limits));
     let pcap = args.pcap.as_deref().map(|p| (p, broker));
     match Recorder::start(snlog, pcap) {

@@ -26,6 +26,23 @@ use crate::time::Duration;
 /// An optional key with its position in the file.
 type Field<T> = Option<Spanned<T>>;
 
+/// `gateway.mode` as the file spells it (the core's [`Mode`] knows no serde).
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum ModeName {
+    Transparent,
+    Aggregating,
+}
+
+impl From<ModeName> for Mode {
+    fn from(name: ModeName) -> Mode {
+        match name {
+            ModeName::Transparent => Mode::Transparent,
+            ModeName::Aggregating => Mode::Aggregating,
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default, expecting = "a table")]
 struct RawConfig {
@@ -43,7 +60,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawGateway {
     id: Field<i64>,
-    mode: Field<Mode>,
+    mode: Field<ModeName>,
     max_clients: Field<i64>,
     client_id_max_len: Field<i64>,
     qos_minus1_long_topic: Field<bool>,
@@ -352,7 +369,7 @@ impl RawGateway {
         let d = GatewayConfig::default();
         Ok(GatewayConfig {
             id: cx.int(&self.id, "gateway.id", 0..=255)?.unwrap_or(d.id),
-            mode: value(&self.mode).unwrap_or(d.mode),
+            mode: value(&self.mode).map_or(d.mode, Mode::from),
             max_clients: cx
                 .int(&self.max_clients, "gateway.max_clients", 1..=i64::MAX)?
                 .unwrap_or(d.max_clients),

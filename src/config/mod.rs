@@ -11,6 +11,7 @@
 //!
 //! The shipped, commented example is `gateway.toml` at the repository root.
 
+mod engine_settings;
 mod error;
 mod file;
 mod print;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use crate::time::Duration;
 
 pub use error::ConfigError;
+pub use mqttsn_core::{Mode, PredefinedTopic};
 pub use value::{parse_duration, UpstreamUrl, UrlError};
 
 /// The whole gateway configuration, validated, with defaults filled in.
@@ -95,16 +97,6 @@ pub struct GatewayConfig {
     pub qos_minus1_long_topic: bool,
     /// Broadcast ADVERTISE every `timers.t_adv` on the listeners that have a broadcast address.
     pub advertise: bool,
-}
-
-/// How the gateway carries clients to the broker (`gateway.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// One broker connection per client, under the client's own id (plus the prefix).
-    Transparent,
-    /// All clients share one broker connection.
-    Aggregating,
 }
 
 /// One `[[udp]]` listener.
@@ -208,18 +200,6 @@ pub struct UpstreamConfig {
     pub reconnect_max: Duration,
 }
 
-/// One `[[predefined]]` topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PredefinedTopic {
-    /// The topic id, 1 to 0xFFFE (0 and 0xFFFF are reserved).
-    pub id: u16,
-    /// The topic name it stands for; no wildcards, since clients publish to it.
-    pub topic: String,
-    /// The only client the id applies to; `None`: every client. A client's own entry for an id
-    /// takes precedence over the global one.
-    pub client_id: Option<String>,
-}
-
 /// `[timers]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimersConfig {
@@ -254,16 +234,6 @@ pub enum DropPolicy {
     DropOldest,
     /// Refuse the new message: a sleeper wakes to what was held first.
     DropNewest,
-}
-
-impl Mode {
-    /// The name the configuration file uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Transparent => "transparent",
-            Mode::Aggregating => "aggregating",
-        }
-    }
 }
 
 impl Parity {
@@ -369,6 +339,23 @@ impl Framing {
             // What an XBee (802.15.4) radio carries in one unencrypted frame.
             Framing::XbeeApi { .. } => Some(72),
             Framing::Raw | Framing::Slip { .. } => None,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// The broker's address as far as the configuration tells it without a name lookup: the IP
+    /// address and port of the url, `0.0.0.0` with the port for a host name, `embedded_bind`
+    /// for the embedded broker. For logs, tests and the pcap recording's synthetic TCP stream.
+    pub fn broker_addr(&self) -> SocketAddr {
+        match &self.url {
+            UpstreamUrl::Tcp { host, port } | UpstreamUrl::Tls { host, port } => {
+                host.parse::<std::net::IpAddr>().map_or_else(
+                    |_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, *port)),
+                    |ip| SocketAddr::new(ip, *port),
+                )
+            }
+            UpstreamUrl::Embedded => self.embedded_bind,
         }
     }
 }

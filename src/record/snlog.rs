@@ -9,6 +9,8 @@
 //! beyond `keep` is deleted) and a new `FILE` starts with its peers declared again.
 
 use crate::codec::Frame;
+use crate::engine::mqtt::wire::{fixed_header, MalformedLength};
+use crate::engine::mqtt::ConnectOptions;
 use crate::engine::{Link, PeerAddr};
 use crate::time::{Duration, Instant};
 use crate::transcript::{Control, Entry, Peer, PeerKind, TranscriptWriter};
@@ -151,6 +153,8 @@ struct FileState {
     started: Instant,
     /// Partial MQTT packets per broker connection and direction (true: inbound).
     partial: HashMap<(u64, bool), Vec<u8>>,
+    /// Times a broker stream could not be cut into packets (written raw instead).
+    misframed: u64,
 }
 
 /// Counts bytes written, for the size limit.
@@ -186,6 +190,7 @@ fn open_state(file: File, started: Instant) -> io::Result<FileState> {
         brokers: 0,
         started,
         partial: HashMap::new(),
+        misframed: 0,
     })
 }
 
@@ -258,19 +263,34 @@ impl FileState {
         {
             let buf = self.partial.entry((*conn, event.inbound)).or_default();
             buf.extend_from_slice(bytes);
-            let mut packets = Vec::new();
-            while let Some(len) = mqtt_packet_len(buf) {
-                packets.push(buf.drain(..len).collect::<Vec<u8>>());
-            }
-            for packet in packets {
+            let (packets, misframed) = take_packets(buf);
+            let count = packets.len();
+            for (i, packet) in packets.iter().enumerate() {
                 let entry = if event.inbound {
-                    Entry::input(at, name.clone(), &packet)
+                    Entry::input(at, name.clone(), packet)
                 } else {
-                    Entry::output(at, name.clone(), &packet)
+                    Entry::output(at, name.clone(), packet)
+                };
+                let entry = if misframed && i + 1 == count {
+                    entry.with_comment("not MQTT packets: a malformed or oversized length")
+                } else {
+                    entry
                 };
                 self.out.write_entry(&entry)?;
             }
+            if misframed {
+                self.misframed += 1;
+                if self.misframed == 1 {
+                    tracing::warn!(conn, "recording: broker stream misframed; written raw");
+                }
+            }
             return Ok(());
+        }
+        if let Endpoint::Broker { conn, .. } = &event.peer {
+            // A connection opened, closed or replaced: what was half received belongs to the
+            // old byte stream, and the new one starts on a packet boundary.
+            self.partial.remove(&(*conn, true));
+            self.partial.remove(&(*conn, false));
         }
         let entry = match (&event.payload, event.inbound) {
             (Payload::Bytes(bytes), true) => Entry::input(at, name, bytes),
@@ -314,19 +334,28 @@ fn with_forwarder_node(peer: &Endpoint, payload: &Payload) -> Endpoint {
     peer.clone()
 }
 
-/// The length of the MQTT packet at the start of `buf` (fixed header included), or `None` if
-/// `buf` does not yet hold a whole packet. Used to write one MQTT packet per transcript line,
-/// whatever chunks the TCP stream came in.
-pub fn mqtt_packet_len(buf: &[u8]) -> Option<usize> {
-    let mut remaining = 0usize;
-    for (i, byte) in buf.iter().skip(1).take(4).enumerate() {
-        remaining |= usize::from(byte & 0x7F) << (7 * i);
-        if byte & 0x80 == 0 {
-            let total = 1 + (i + 1) + remaining;
-            return (buf.len() >= total).then_some(total);
+/// The longest MQTT packet a recording waits for: the engine refuses broker packets beyond its
+/// default size limit, and its own packets are far smaller, so a longer declared length means
+/// the stream is misframed, and waiting would only grow the buffer.
+const MAX_PACKET: usize = 5 + ConnectOptions::DEFAULT_MAX_PACKET_SIZE;
+
+/// Cuts the whole MQTT packets off the front of `buf`. A malformed or oversized length cannot
+/// be resynchronised: then everything buffered is returned as one raw chunk, the buffer is
+/// emptied, and the flag is set.
+fn take_packets(buf: &mut Vec<u8>) -> (Vec<Vec<u8>>, bool) {
+    let mut packets = Vec::new();
+    loop {
+        match fixed_header(buf) {
+            Ok(Some(header)) if header.packet_len() > MAX_PACKET => break,
+            Ok(Some(header)) if header.packet_len() <= buf.len() => {
+                packets.push(buf.drain(..header.packet_len()).collect());
+            }
+            Ok(_) => return (packets, false),
+            Err(MalformedLength) => break,
         }
     }
-    None
+    packets.push(std::mem::take(buf));
+    (packets, true)
 }
 
 fn rotated(path: &Path, n: usize) -> PathBuf {
@@ -448,5 +477,114 @@ fn write_loop(mut sinks: Vec<Box<dyn EventSink>>, rx: Receiver<RecordEvent>) {
     }
     for sink in &mut sinks {
         sink.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::transcript::{FramePattern, Payload as Line, Transcript};
+
+    fn broker_bytes(at: u64, inbound: bool, bytes: &[u8]) -> RecordEvent {
+        RecordEvent {
+            at: Instant::from_millis(at),
+            inbound,
+            peer: Endpoint::Broker {
+                conn: 0,
+                owner: None,
+            },
+            local: None,
+            payload: Payload::Bytes(Bytes::copy_from_slice(bytes)),
+        }
+    }
+
+    fn broker_control(at: u64, inbound: bool, control: Control) -> RecordEvent {
+        RecordEvent {
+            payload: Payload::Control(control),
+            ..broker_bytes(at, inbound, &[])
+        }
+    }
+
+    /// Records `events` and returns the payloads of the recording's lines.
+    fn record(name: &str, events: Vec<RecordEvent>) -> Vec<Line> {
+        let path =
+            std::env::temp_dir().join(format!("mqttsn-snlog-{name}-{}.snlog", std::process::id()));
+        let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
+        for event in events {
+            recorder.record(event);
+        }
+        recorder.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let transcript = Transcript::parse(&text, name).unwrap();
+        transcript.entries.into_iter().map(|e| e.payload).collect()
+    }
+
+    fn bytes(b: &[u8]) -> Line {
+        Line::Frame(FramePattern::exact(b))
+    }
+
+    #[test]
+    fn a_reconnect_drops_the_half_packet_of_the_old_stream() {
+        let lines = record(
+            "reconnect",
+            vec![
+                broker_control(0, true, Control::Up),
+                // A PUBLISH cut off by the connection dropping...
+                broker_bytes(1, true, &[0x30, 0x05, 0x00, 0x01]),
+                broker_control(2, true, Control::Down),
+                broker_control(3, true, Control::Up),
+                // ...must not swallow the first packet of the next connection.
+                broker_bytes(4, true, &[0x20, 0x02, 0x00, 0x00, 0xD0, 0x00]),
+            ],
+        );
+        assert_eq!(
+            lines,
+            [
+                Line::Control(Control::Up),
+                Line::Control(Control::Down),
+                Line::Control(Control::Up),
+                bytes(&[0x20, 0x02, 0x00, 0x00]),
+                bytes(&[0xD0, 0x00]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_length_is_written_raw_and_the_stream_starts_over() {
+        let malformed = [0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
+        let lines = record(
+            "malformed",
+            vec![
+                broker_bytes(0, true, &[0xD0, 0x00]),
+                broker_bytes(1, true, &malformed),
+                broker_bytes(2, true, &[0xD0, 0x00]),
+            ],
+        );
+        assert_eq!(
+            lines,
+            [
+                bytes(&[0xD0, 0x00]),
+                bytes(&malformed),
+                bytes(&[0xD0, 0x00])
+            ]
+        );
+    }
+
+    #[test]
+    fn an_oversized_length_is_not_waited_for() {
+        // Declares a 2 MiB PUBLISH: more than any broker packet the engine accepts.
+        let huge = [0x30, 0x80, 0x80, 0x80, 0x01, 0x00, 0x01];
+        let mut buf = huge.to_vec();
+        let (packets, misframed) = take_packets(&mut buf);
+        assert!(misframed);
+        assert_eq!(packets, [huge.to_vec()]);
+        assert!(buf.is_empty() && buf.capacity() == 0);
+        // Short of the limit, a partial packet is kept until the rest arrives.
+        let mut buf = vec![0x30, 0x80, 0x80, 0x01, 0x00];
+        assert_eq!(take_packets(&mut buf), (Vec::new(), false));
+        assert_eq!(buf.len(), 5);
     }
 }

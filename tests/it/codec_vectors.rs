@@ -576,7 +576,7 @@ fn human_readable_rendering() {
 #[test]
 fn json_rendering_names_every_field() {
     let wire = bytes("09 0C 20 00 01 00 01 68 69");
-    let json = Message::decode(&wire).unwrap().to_json();
+    let json = mqttsn_gateway::decode_tool::json::message_json(&Message::decode(&wire).unwrap());
     assert_eq!(
         json,
         serde_json::json!({

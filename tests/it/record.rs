@@ -2,7 +2,7 @@
 //! its peers, holds both sides of the conversation, and replays on virtual time against a fresh
 //! engine with no differences; a full disk does not stop the gateway.
 
-use crate::engine::Harness;
+use crate::engine::harness;
 use crate::support::device::Device;
 use crate::support::mosquitto::Mosquitto;
 use mqttsn_gateway::codec::*;
@@ -160,7 +160,7 @@ async fn a_recording_parses_and_replays_on_virtual_time() {
     // Replayed against a fresh engine on virtual time, the gateway says the same things. The
     // clean stop at the end (DISCONNECT, !close) answers no input, so it is left out.
     let transcript = without_clean_stop(transcript);
-    if let Err(mismatch) = replay(&transcript, &mut Harness::new(&transcript)) {
+    if let Err(mismatch) = replay(&transcript, &mut harness(&transcript)) {
         panic!("the recording does not replay:\n{mismatch}");
     }
     std::fs::remove_file(&path).unwrap();

@@ -1,5 +1,5 @@
-//! Reconnect delays: exponential backoff with jitter, driven by a tiny PRNG so that no
-//! randomness crate is needed. Pure: the caller supplies the seed.
+//! Reconnect delays: exponential backoff with jitter. Pure: the caller supplies the seed of the
+//! generator (`fastrand`'s wyrand, the same generator the load tool uses).
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ pub(super) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
-    rng: XorShift,
+    rng: fastrand::Rng,
 }
 
 impl Backoff {
@@ -27,7 +27,7 @@ impl Backoff {
             min,
             max,
             next: min,
-            rng: XorShift::new(seed),
+            rng: fastrand::Rng::with_seed(seed),
         }
     }
 
@@ -46,7 +46,7 @@ impl Backoff {
     pub(super) fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = base.saturating_mul(2).min(self.max);
-        jitter(base, self.rng.next_u64())
+        jitter(base, self.rng.u64(..))
     }
 }
 
@@ -59,45 +59,10 @@ fn jitter(base: Duration, random: u64) -> Duration {
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
-/// xorshift64* (Vigna): fast, a 64-bit state, good enough to spread reconnects. Not for secrets.
-#[derive(Debug, Clone)]
-pub(super) struct XorShift(u64);
-
-impl XorShift {
-    /// Any seed works: it is first mixed with splitmix64, so nearby seeds (consecutive ConnIds)
-    /// give unrelated sequences, and the all-zero state xorshift cannot leave is avoided.
-    pub(super) fn new(seed: u64) -> Self {
-        let mixed = splitmix64(seed);
-        XorShift(if mixed == 0 {
-            0x9E37_79B9_7F4A_7C15
-        } else {
-            mixed
-        })
-    }
-
-    pub(super) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
-fn splitmix64(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A seed that differs per connection and per run.
+/// A seed that differs per connection and per run (from fastrand's per-thread generator, which
+/// is seeded from the OS).
 pub(super) fn seed(conn: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    splitmix64(conn) ^ now
+    fastrand::u64(..) ^ conn
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 use mqttsn_gateway::codec::*;
 use mqttsn_gateway::config::Config;
 use mqttsn_gateway::engine::{ConnId, Destination, Gateway, PeerAddr, UpstreamEvent};
+use mqttsn_gateway::hash::HashSeed;
+use mqttsn_gateway::mqtt_v4::MQTT_V4;
 use mqttsn_gateway::time::Instant;
 use proptest::prelude::*;
 
@@ -161,7 +163,7 @@ proptest! {
         let broker_frames = broker_pool();
         let mut config = Config::default();
         config.sleep.max_messages = 3;
-        let mut gw = Gateway::new(&config);
+        let mut gw = Gateway::new(config.engine_settings(HashSeed(1, 2)), &MQTT_V4);
         let mut now = 0u64;
         gw.handle_upstream(Instant::ZERO, ConnId::GATEWAY, UpstreamEvent::Connected);
         gw.handle_upstream(Instant::ZERO, ConnId::GATEWAY, UpstreamEvent::Data(&[0x20, 2, 0, 0]));

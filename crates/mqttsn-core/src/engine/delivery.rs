@@ -1,0 +1,337 @@
+//! Messages to devices: queueing (the same bounded queue is the sleeping buffer), topic id
+//! resolution with gateway REGISTER first where needed, one QoS 1/2 PUBLISH or REGISTER in
+//! flight per device, retransmission, and the device's acknowledgements.
+
+use super::client::{Down, Inflight, InflightKind, State};
+use super::gateway::{Gateway, Timer};
+use super::sleep::PushOutcome;
+use super::{ClientKey, Event};
+use crate::codec::{Message, PubAck, Publish, QoS, RegAck, Register, ReturnCode, TopicRef};
+use crate::time::Instant;
+
+impl Gateway {
+    /// Queues a message for a device and sends what can be sent now.
+    pub(super) fn deliver(&mut self, now: Instant, key: ClientKey, down: Down) {
+        let limits = self.settings.sleep;
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        let size = down.payload.len() + down.topic.len();
+        let outcome = client.push_down(down, size, &limits);
+        let client_id = client.client_id.clone();
+        let dropped = match outcome {
+            PushOutcome::Stored => 0,
+            PushOutcome::StoredAfterDropping(old) => old.len(),
+            PushOutcome::Refused(_) => 1,
+        };
+        if dropped > 0 {
+            self.counters.messages_dropped += dropped as u64;
+            for _ in 0..dropped {
+                self.events.push_back(Event::MessageDropped {
+                    client_id: client_id.clone(),
+                    reason: "buffer full",
+                });
+            }
+        }
+        self.pump(now, key);
+    }
+
+    /// Sends queued messages while the device can take them: QoS 0 back to back, then at most
+    /// one QoS 1/2 PUBLISH or REGISTER awaiting its answer. An awake sleeper whose queue is
+    /// empty gets its PINGRESP and goes back to sleep.
+    pub(super) fn pump(&mut self, now: Instant, key: ClientKey) {
+        loop {
+            let Some(client) = self.client_mut(key) else {
+                return;
+            };
+            if !client.state.delivers() || client.inflight.is_some() {
+                return;
+            }
+            let Some(front) = client.front_down() else {
+                break;
+            };
+            let topic = front.topic.clone();
+            let client_id = client.client_id.clone();
+            if client.refuses(&topic) {
+                client.pop_down();
+                self.counters.messages_dropped += 1;
+                self.events.push_back(Event::MessageDropped {
+                    client_id,
+                    reason: "topic refused by the device",
+                });
+                continue;
+            }
+            // The id the device knows: predefined, registered (the SUBACK of a plain name
+            // announced it), a short name, or else one to REGISTER first.
+            let registered = self.client(key).and_then(|c| c.registry.id(&topic));
+            let topic_ref = match (self.predefined.id_for(&client_id, &topic), registered) {
+                (Some(id), _) => TopicRef::Predefined(id),
+                (None, Some(id)) => TopicRef::Id(id),
+                (None, None) => match topic.as_bytes() {
+                    [a, b] => TopicRef::Short([*a, *b]),
+                    _ => return self.register_topic(now, key, topic),
+                },
+            };
+            let Some(client) = self.client_mut(key) else {
+                return;
+            };
+            let Some(down) = client.pop_down() else {
+                return;
+            };
+            let msg_id = if down.qos == QoS::Zero {
+                0
+            } else {
+                client.next_msg_id()
+            };
+            let peer = client.peer;
+            let publish = Message::Publish(Publish {
+                dup: false,
+                qos: down.qos,
+                retain: down.retain,
+                topic: topic_ref,
+                msg_id,
+                data: &down.payload,
+            });
+            let Some(frame) = self.encode_for(peer, publish) else {
+                continue;
+            };
+            self.counters.delivered_down += 1;
+            if down.qos == QoS::Zero {
+                self.send_bytes(peer, frame);
+                continue;
+            }
+            self.send_bytes(peer, frame.clone());
+            self.start_inflight(
+                now,
+                key,
+                InflightKind::Publish {
+                    frame,
+                    qos: down.qos,
+                },
+                msg_id,
+            );
+            return;
+        }
+        // Queue empty, nothing in flight.
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        if client.state == State::Awake {
+            client.state = State::Asleep;
+            client.last_seen = now;
+            let peer = client.peer;
+            self.send(peer, Message::PingResp);
+            self.supervise(key);
+        }
+    }
+
+    fn register_topic(&mut self, now: Instant, key: ClientKey, topic: std::sync::Arc<str>) {
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        let topic_id = match client.registry.register(&topic) {
+            Ok(id) => id,
+            Err(_) => {
+                // No id left for this device: the message cannot be delivered.
+                client.pop_down();
+                let client_id = client.client_id.clone();
+                self.counters.messages_dropped += 1;
+                self.events.push_back(Event::MessageDropped {
+                    client_id,
+                    reason: "no topic id left",
+                });
+                return self.pump(now, key);
+            }
+        };
+        let msg_id = client.next_msg_id();
+        let peer = client.peer;
+        self.send(
+            peer,
+            Message::Register(Register {
+                topic_id,
+                msg_id,
+                topic_name: &topic,
+            }),
+        );
+        self.start_inflight(now, key, InflightKind::Register { topic, topic_id }, msg_id);
+    }
+
+    fn start_inflight(&mut self, now: Instant, key: ClientKey, kind: InflightKind, msg_id: u16) {
+        let retry_at = now + self.settings.t_retry;
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        client.inflight = Some(Box::new(Inflight {
+            kind,
+            msg_id,
+            retries: 0,
+            retry_at,
+        }));
+        let generation = client.generation;
+        self.schedule(retry_at, Timer::Retry(key, generation));
+    }
+
+    /// Sends the in-flight message again (DUP set on PUBLISH) and schedules the next retry.
+    fn retransmit(&mut self, now: Instant, key: ClientKey) {
+        let retry_at = now + self.settings.t_retry;
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        let peer = client.peer;
+        let generation = client.generation;
+        let Some(inflight) = client.inflight.as_mut() else {
+            return;
+        };
+        inflight.retry_at = retry_at;
+        let msg_id = inflight.msg_id;
+        let resend: Option<Vec<u8>> = match &mut inflight.kind {
+            InflightKind::Publish { frame, .. } => {
+                // The flags octet follows the header (and any forwarder encapsulation).
+                let header = if crate::codec::Frame::is_encapsulated(frame) {
+                    usize::from(frame[0])
+                } else {
+                    0
+                };
+                let flags_at = header
+                    + if frame.get(header) == Some(&0x01) {
+                        4
+                    } else {
+                        2
+                    };
+                if let Some(flags) = frame.get_mut(flags_at) {
+                    *flags |= 0x80;
+                }
+                Some(frame.clone())
+            }
+            InflightKind::Register { .. } | InflightKind::PubRel => None,
+        };
+        let kind = match &inflight.kind {
+            InflightKind::Register { topic, topic_id } => Some((topic.clone(), *topic_id)),
+            _ => None,
+        };
+        self.counters.retransmissions += 1;
+        match (resend, kind) {
+            (Some(frame), _) => self.send_bytes(peer, frame),
+            (None, Some((topic, topic_id))) => self.send(
+                peer,
+                Message::Register(Register {
+                    topic_id,
+                    msg_id,
+                    topic_name: &topic,
+                }),
+            ),
+            (None, None) => self.send(peer, Message::PubRel { msg_id }),
+        }
+        self.schedule(retry_at, Timer::Retry(key, generation));
+    }
+
+    pub(super) fn on_retry(&mut self, now: Instant, key: ClientKey, generation: u16, at: Instant) {
+        let n_retry = self.settings.n_retry;
+        let Some(client) = self.client_gen_mut(key, generation) else {
+            return;
+        };
+        if !client.state.delivers() {
+            return; // asleep: retried on wake-up
+        }
+        let Some(inflight) = client.inflight.as_mut() else {
+            return;
+        };
+        if inflight.retry_at != at {
+            return; // superseded
+        }
+        if inflight.retries >= n_retry {
+            return self.lose_client(key, "no acknowledgement after N_retry retransmissions");
+        }
+        inflight.retries += 1;
+        self.retransmit(now, key);
+    }
+
+    /// After a wake-up or reconnect, the message that was in flight goes out again first.
+    pub(super) fn resume_inflight(&mut self, now: Instant, key: ClientKey) {
+        if self.client(key).is_some_and(|c| c.inflight.is_some()) {
+            self.retransmit(now, key);
+        }
+    }
+
+    fn take_inflight(
+        &mut self,
+        key: ClientKey,
+        msg_id: u16,
+        want: fn(&InflightKind) -> bool,
+    ) -> Option<InflightKind> {
+        let client = self.client_mut(key)?;
+        let matches = client
+            .inflight
+            .as_ref()
+            .is_some_and(|i| i.msg_id == msg_id && want(&i.kind));
+        if matches {
+            client.inflight.take().map(|i| i.kind)
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn on_device_puback(&mut self, now: Instant, key: ClientKey, ack: PubAck) {
+        let taken = self.take_inflight(key, ack.msg_id, |k| {
+            matches!(
+                k,
+                InflightKind::Publish { qos: QoS::One, .. }
+                    | InflightKind::Publish { qos: QoS::Two, .. }
+            )
+        });
+        if taken.is_none() {
+            return;
+        }
+        if ack.return_code == ReturnCode::InvalidTopicId {
+            // The device lost its registrations (e.g. it restarted): register again next time.
+            if let Some(client) = self.client_mut(key) {
+                client.registry.clear();
+            }
+        }
+        self.pump(now, key);
+    }
+
+    pub(super) fn on_device_pubrec(&mut self, now: Instant, key: ClientKey, msg_id: u16) {
+        let pubrel_pending = self
+            .client(key)
+            .and_then(|c| c.inflight.as_ref())
+            .is_some_and(|i| i.msg_id == msg_id && matches!(i.kind, InflightKind::PubRel));
+        let taken = self.take_inflight(key, msg_id, |k| {
+            matches!(k, InflightKind::Publish { qos: QoS::Two, .. })
+        });
+        if taken.is_none() && !pubrel_pending {
+            return;
+        }
+        if let Some(peer) = self.client(key).map(|c| c.peer) {
+            self.send(peer, Message::PubRel { msg_id });
+        }
+        if taken.is_some() {
+            self.start_inflight(now, key, InflightKind::PubRel, msg_id);
+        }
+    }
+
+    pub(super) fn on_device_pubcomp(&mut self, now: Instant, key: ClientKey, msg_id: u16) {
+        if self
+            .take_inflight(key, msg_id, |k| matches!(k, InflightKind::PubRel))
+            .is_some()
+        {
+            self.pump(now, key);
+        }
+    }
+
+    pub(super) fn on_device_regack(&mut self, now: Instant, key: ClientKey, ack: RegAck) {
+        // A client-initiated REGACK answers nothing of ours; only ours matter.
+        let Some(InflightKind::Register { topic, .. }) = self.take_inflight(key, ack.msg_id, |k| {
+            matches!(k, InflightKind::Register { .. })
+        }) else {
+            return;
+        };
+        if ack.return_code != ReturnCode::Accepted {
+            // §6.10: a rejecting REGACK means the device does not want this topic.
+            if let Some(client) = self.client_mut(key) {
+                client.extras_mut().refused.push(topic);
+            }
+        }
+        self.pump(now, key);
+    }
+}

@@ -1,0 +1,652 @@
+//! Frames from devices: connect and will handshake, registration, publishing, subscribing,
+//! pings, sleep and disconnect. Each frame gets a defined reaction in every state.
+
+use super::client::{PendingSub, State, UpFlight, UpStage, Will};
+use super::gateway::Gateway;
+use super::peer::PeerAddr;
+use super::topic;
+use super::{ClientKey, ConnId, Event};
+use crate::codec::{
+    Connect, Message, PubAck, Publish, QoS, RegAck, ReturnCode, SubAck, Subscribe, TopicFilter,
+    TopicRef, Unsubscribe, WillTopic,
+};
+use crate::settings::Mode;
+use crate::time::Instant;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Packs a client session and a device MsgId into the token an upstream request carries, so
+/// the answer finds its way back (and is ignored if the session has since been replaced).
+pub(super) fn token(key: ClientKey, generation: u16, msg_id: u16) -> u64 {
+    (u64::from(key.0) << 32) | (u64::from(generation) << 16) | u64::from(msg_id)
+}
+
+/// Unpacks [`token`].
+pub(super) fn untoken(token: u64) -> (ClientKey, u16, u16) {
+    (
+        ClientKey((token >> 32) as u32),
+        (token >> 16) as u16,
+        token as u16,
+    )
+}
+
+/// The token of requests the gateway makes on its own behalf (restoring subscriptions, wills).
+pub(super) const INTERNAL: u64 = u64::MAX;
+
+impl Gateway {
+    pub(super) fn on_message(&mut self, now: Instant, peer: PeerAddr, msg: Message<'_>) {
+        let key = self.by_peer.get(&peer).copied();
+        match msg {
+            Message::Connect(connect) => return self.on_connect(now, peer, connect),
+            Message::SearchGw { .. } => {
+                if self.broker_up {
+                    let gwinfo = Message::GwInfo(crate::codec::GwInfo {
+                        gw_id: self.settings.gw_id,
+                        gw_addr: &[],
+                    });
+                    if peer.node.is_some() {
+                        // Behind a forwarder: only an encapsulated reply reaches the node.
+                        self.send(peer, gwinfo);
+                    } else {
+                        self.broadcast(Some(peer), gwinfo);
+                    }
+                }
+                return;
+            }
+            // Other gateways' announcements, and answers meant for clients: not for us.
+            Message::Advertise(_) | Message::GwInfo(_) => return,
+            Message::Publish(p) if p.qos == QoS::MinusOne => {
+                return self.on_publish_minus1(peer, key, p)
+            }
+            Message::PingReq {
+                client_id: Some(id),
+            } => {
+                if let Some(&k) = self.by_client_id.get(id) {
+                    return self.on_ping_with_id(now, peer, k);
+                }
+            }
+            _ => {}
+        }
+        let Some(key) = key else {
+            // §5.4.21: a client the gateway does not know is told to reconnect.
+            self.drop_frame(peer, format!("{} from an unknown client", msg.msg_type()));
+            return self.send(peer, Message::Disconnect { duration: None });
+        };
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        client.last_seen = now;
+        let state = client.state;
+        match (state, msg) {
+            (State::WillTopic, Message::WillTopic(will)) => self.on_will_topic(now, key, will),
+            (State::WillMsg, Message::WillMsg { msg }) => self.on_will_msg(now, key, msg),
+            (s, Message::Register(r)) if s.is_connected() => {
+                self.on_register(key, r.msg_id, r.topic_name)
+            }
+            (s, Message::Publish(p)) if s.is_connected() => self.on_publish(key, p),
+            (s, Message::PubRel { msg_id }) if s.is_connected() => self.on_pubrel(key, msg_id),
+            (s, Message::Subscribe(sub)) if s.is_connected() => self.on_subscribe(now, key, sub),
+            (s, Message::Unsubscribe(u)) if s.is_connected() => self.on_unsubscribe(now, key, u),
+            (s, Message::PubAck(ack)) if s.is_connected() => self.on_device_puback(now, key, ack),
+            (s, Message::PubRec { msg_id }) if s.is_connected() => {
+                self.on_device_pubrec(now, key, msg_id)
+            }
+            (s, Message::PubComp { msg_id }) if s.is_connected() => {
+                self.on_device_pubcomp(now, key, msg_id)
+            }
+            (s, Message::RegAck(ack)) if s.is_connected() => self.on_device_regack(now, key, ack),
+            // A sleeper waking with a bare PINGREQ (some clients omit the ClientId) is served
+            // like one that names itself.
+            (State::Asleep | State::Awake, Message::PingReq { .. }) => {
+                self.on_ping_with_id(now, peer, key)
+            }
+            (s, Message::PingReq { .. }) if s.is_connected() => self.send(peer, Message::PingResp),
+            (s, Message::Disconnect { duration }) if s != State::Disconnected => {
+                self.on_disconnect(now, key, duration)
+            }
+            (State::Active | State::Awake, Message::WillTopicUpd(will)) => {
+                self.on_will_topic_update(key, will)
+            }
+            (State::Active | State::Awake, Message::WillMsgUpd { msg }) => {
+                self.on_will_msg_update(key, msg)
+            }
+            (State::Disconnected, _) => {
+                // A device whose session ended but which still talks: make it reconnect.
+                self.drop_frame(peer, format!("{} after DISCONNECT", msg.msg_type()));
+                self.send(peer, Message::Disconnect { duration: None });
+            }
+            (state, msg) => self.drop_frame(
+                peer,
+                format!("{} makes no sense in state {state:?}", msg.msg_type()),
+            ),
+        }
+    }
+
+    /// Answers a CONNECT with `return_code`, counted and reported as `reason`.
+    pub(super) fn reject_connect(
+        &mut self,
+        peer: PeerAddr,
+        return_code: ReturnCode,
+        reason: &'static str,
+    ) {
+        self.counters.connects_rejected += 1;
+        self.events
+            .push_back(Event::ClientRejected { peer, reason });
+        self.send(peer, Message::ConnAck { return_code });
+    }
+
+    fn on_connect(&mut self, now: Instant, peer: PeerAddr, c: Connect<'_>) {
+        if c.client_id.is_empty() || c.client_id.len() > self.settings.client_id_max_len {
+            return self.reject_connect(peer, ReturnCode::NotSupported, "client id length");
+        }
+        if !self.broker_up {
+            return self.reject_connect(peer, ReturnCode::Congestion, "broker unreachable");
+        }
+        // Another session at this address is superseded by this one.
+        if let Some(&other) = self.by_peer.get(&peer) {
+            if self
+                .client(other)
+                .is_some_and(|o| &*o.client_id != c.client_id)
+            {
+                // The device there restarted as someone else: the old one is gone for good.
+                self.lose_client(other, "another client connected from its address");
+            }
+        }
+        let key = match self.by_client_id.get(c.client_id).copied() {
+            Some(key) => {
+                self.move_client(key, peer);
+                key
+            }
+            None => {
+                // A kept session of a device that is gone gives way to a device that is here.
+                if self.clients.len() >= self.settings.max_clients {
+                    if let Some(idle) = self.oldest_disconnected() {
+                        self.remove_client(idle);
+                    }
+                }
+                if self.clients.len() >= self.settings.max_clients {
+                    return self.reject_connect(
+                        peer,
+                        ReturnCode::Congestion,
+                        "max_clients reached",
+                    );
+                }
+                self.insert_client(Arc::from(c.client_id), peer, now)
+            }
+        };
+        let wiped = {
+            let Some(client) = self.client_mut(key) else {
+                return;
+            };
+            let resumed = client.state == State::Asleep || client.state == State::Awake;
+            client.last_seen = now;
+            client.keep_alive_secs = c.duration;
+            let wipe = c.clean_session && !resumed;
+            if wipe {
+                client.wipe();
+            }
+            client.clean_session = c.clean_session;
+            if c.will {
+                client.will = None;
+                client.state = State::WillTopic;
+            }
+            wipe
+        };
+        if wiped && self.settings.mode == Mode::Aggregating {
+            for change in self.subscriptions.remove_client(key) {
+                self.apply_upstream_change(change);
+            }
+        }
+        self.supervise(key);
+        if c.will {
+            self.send(peer, Message::WillTopicReq);
+        } else {
+            self.finish_connect(now, key);
+        }
+    }
+
+    /// Points the session at a new address (NAT rebinding, or a device that moved).
+    fn move_client(&mut self, key: ClientKey, peer: PeerAddr) {
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        let old = std::mem::replace(&mut client.peer, peer);
+        if old != peer {
+            if self.by_peer.get(&old) == Some(&key) {
+                self.by_peer.remove(&old);
+            }
+            self.by_peer.insert(peer, key);
+        }
+    }
+
+    fn on_will_topic(&mut self, now: Instant, key: ClientKey, will: Option<WillTopic<'_>>) {
+        let Some(w) = will else {
+            // An empty WILLTOPIC: no will after all.
+            return self.finish_connect(now, key);
+        };
+        if topic::validate_topic_name(w.topic).is_err() {
+            let peer = self.client(key).map(|c| c.peer);
+            if let Some(peer) = peer {
+                self.reject_connect(peer, ReturnCode::NotSupported, "invalid will topic");
+            }
+            return self.remove_client(key);
+        }
+        let topic = self.interner.intern(w.topic);
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        client.will = Some(Box::new(Will {
+            topic,
+            payload: Bytes::new(),
+            qos: w.qos.max(QoS::Zero),
+            retain: w.retain,
+        }));
+        client.state = State::WillMsg;
+        let peer = client.peer;
+        self.send(peer, Message::WillMsgReq);
+    }
+
+    fn on_will_msg(&mut self, now: Instant, key: ClientKey, msg: &[u8]) {
+        if let Some(will) = self.client_mut(key).and_then(|c| c.will.as_mut()) {
+            will.payload = Bytes::copy_from_slice(msg);
+        }
+        self.finish_connect(now, key);
+    }
+
+    fn on_will_topic_update(&mut self, key: ClientKey, will: Option<WillTopic<'_>>) {
+        let rc = if self.settings.mode == Mode::Transparent {
+            // MQTT 3.1.1 cannot change a will without reconnecting to the broker.
+            ReturnCode::NotSupported
+        } else if let Some(w) = will {
+            if topic::validate_topic_name(w.topic).is_err() {
+                ReturnCode::NotSupported
+            } else {
+                let topic = self.interner.intern(w.topic);
+                if let Some(client) = self.client_mut(key) {
+                    let payload = client.will.take().map(|w| w.payload).unwrap_or_default();
+                    client.will = Some(Box::new(Will {
+                        topic,
+                        payload,
+                        qos: w.qos.max(QoS::Zero),
+                        retain: w.retain,
+                    }));
+                }
+                ReturnCode::Accepted
+            }
+        } else {
+            if let Some(client) = self.client_mut(key) {
+                client.will = None;
+            }
+            ReturnCode::Accepted
+        };
+        if let Some(peer) = self.client(key).map(|c| c.peer) {
+            self.send(peer, Message::WillTopicResp { return_code: rc });
+        }
+    }
+
+    fn on_will_msg_update(&mut self, key: ClientKey, msg: &[u8]) {
+        let rc = if self.settings.mode == Mode::Transparent {
+            ReturnCode::NotSupported
+        } else {
+            match self.client_mut(key).and_then(|c| c.will.as_mut()) {
+                Some(will) => {
+                    will.payload = Bytes::copy_from_slice(msg);
+                    ReturnCode::Accepted
+                }
+                // A will message without a will topic cannot be published.
+                None => ReturnCode::NotSupported,
+            }
+        };
+        if let Some(peer) = self.client(key).map(|c| c.peer) {
+            self.send(peer, Message::WillMsgResp { return_code: rc });
+        }
+    }
+
+    fn on_register(&mut self, key: ClientKey, msg_id: u16, name: &str) {
+        let (topic_id, rc) = if topic::validate_topic_name(name).is_err() {
+            (0, ReturnCode::NotSupported)
+        } else {
+            let name = self.interner.intern(name);
+            match self.client_mut(key).map(|c| c.registry.register(&name)) {
+                Some(Ok(id)) => (id, ReturnCode::Accepted),
+                _ => (0, ReturnCode::Congestion),
+            }
+        };
+        if let Some(peer) = self.client(key).map(|c| c.peer) {
+            self.send(
+                peer,
+                Message::RegAck(RegAck {
+                    topic_id,
+                    msg_id,
+                    return_code: rc,
+                }),
+            );
+        }
+    }
+
+    /// The topic name a device's PUBLISH refers to, if the device may use it.
+    fn resolve_topic(
+        &mut self,
+        client_id: Option<&str>,
+        key: Option<ClientKey>,
+        t: TopicRef<'_>,
+    ) -> Option<Arc<str>> {
+        match t {
+            TopicRef::Id(id) => key
+                .and_then(|k| self.client(k))
+                .and_then(|c| c.registry.name(id).cloned()),
+            TopicRef::Predefined(id) => self.predefined.name(client_id.unwrap_or(""), id).cloned(),
+            TopicRef::Short(name) => {
+                let name = std::str::from_utf8(&name).ok()?;
+                topic::validate_topic_name(name).ok()?;
+                Some(self.interner.intern(name))
+            }
+            TopicRef::LongName(name) => {
+                topic::validate_topic_name(name).ok()?;
+                Some(self.interner.intern(name))
+            }
+        }
+    }
+
+    fn on_publish_minus1(&mut self, peer: PeerAddr, key: Option<ClientKey>, p: Publish<'_>) {
+        // QoS -1 (§6.8): predefined ids and short names only (or the long-name form when
+        // enabled); never answered.
+        let client_id = key
+            .and_then(|k| self.client(k))
+            .map(|c| c.client_id.clone());
+        let topic = match p.topic {
+            TopicRef::Id(_) => None,
+            t => self.resolve_topic(client_id.as_deref(), key, t),
+        };
+        let Some(topic) = topic else {
+            return self.drop_frame(peer, "QoS -1 PUBLISH on an unknown topic".into());
+        };
+        self.publish_upstream(ConnId::GATEWAY, &topic, p.data, QoS::Zero, p.retain, 0);
+    }
+
+    fn on_publish(&mut self, key: ClientKey, p: Publish<'_>) {
+        let Some(client) = self.client(key) else {
+            return;
+        };
+        let (peer, generation, client_id) =
+            (client.peer, client.generation, client.client_id.clone());
+        let topic_id = match p.topic {
+            TopicRef::Id(id) | TopicRef::Predefined(id) => id,
+            TopicRef::Short(name) => u16::from_be_bytes(name),
+            TopicRef::LongName(_) => 0,
+        };
+        let refuse = |gw: &mut Gateway, rc| {
+            gw.send(
+                peer,
+                Message::PubAck(PubAck {
+                    topic_id,
+                    msg_id: p.msg_id,
+                    return_code: rc,
+                }),
+            )
+        };
+        let Some(topic) = self.resolve_topic(Some(&client_id), Some(key), p.topic) else {
+            // §6.6: an unknown topic id is answered at every QoS.
+            return refuse(self, ReturnCode::InvalidTopicId);
+        };
+        let conn = self.conn_of(key);
+        if p.qos == QoS::Zero {
+            self.publish_upstream(conn, &topic, p.data, QoS::Zero, p.retain, 0);
+            return;
+        }
+        // QoS 1/2: a retransmission of a message already on its way is not forwarded again.
+        if let Some(up) = self
+            .client(key)
+            .and_then(|c| c.up().iter().find(|u| u.msg_id == p.msg_id).copied())
+        {
+            if up.stage == UpStage::Received {
+                self.send(peer, Message::PubRec { msg_id: p.msg_id });
+            }
+            return;
+        }
+        let tok = token(key, generation, p.msg_id);
+        if !self.publish_upstream(conn, &topic, p.data, p.qos, p.retain, tok) {
+            // Not accepted upstream (no packet id free): say so rather than stay silent.
+            return refuse(self, ReturnCode::Congestion);
+        }
+        if let Some(client) = self.client_mut(key) {
+            client.extras_mut().up.push(UpFlight {
+                msg_id: p.msg_id,
+                topic_id,
+                qos: p.qos,
+                stage: UpStage::Forwarded,
+            });
+        }
+    }
+
+    fn on_pubrel(&mut self, key: ClientKey, msg_id: u16) {
+        // The broker already holds the message (it sent PUBREC), so the exchange with the
+        // device can complete; PUBREL upstream is handled by the MQTT session.
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        client.extras_mut().up.retain(|u| u.msg_id != msg_id);
+        client.tidy();
+        let peer = client.peer;
+        self.send(peer, Message::PubComp { msg_id });
+    }
+
+    fn on_subscribe(&mut self, now: Instant, key: ClientKey, s: Subscribe<'_>) {
+        let Some(client) = self.client(key) else {
+            return;
+        };
+        let (peer, generation, client_id) =
+            (client.peer, client.generation, client.client_id.clone());
+        let qos = s.qos.clamp(QoS::Zero, QoS::Two);
+        let suback = |gw: &mut Gateway, topic_id, rc| {
+            gw.send(
+                peer,
+                Message::SubAck(SubAck {
+                    qos,
+                    topic_id,
+                    msg_id: s.msg_id,
+                    return_code: rc,
+                }),
+            )
+        };
+        let (filter, topic_id) = match s.topic {
+            TopicFilter::Name(name) => {
+                if topic::validate_topic_filter(name).is_err() {
+                    return suback(self, 0, ReturnCode::NotSupported);
+                }
+                let filter = self.interner.intern(name);
+                if topic::is_wildcard(name) {
+                    (filter, 0)
+                } else {
+                    match self.client_mut(key).map(|c| c.registry.register(&filter)) {
+                        Some(Ok(id)) => (filter, id),
+                        _ => return suback(self, 0, ReturnCode::Congestion),
+                    }
+                }
+            }
+            TopicFilter::Predefined(id) => match self.predefined.name(&client_id, id).cloned() {
+                Some(name) => (name, id),
+                None => return suback(self, id, ReturnCode::InvalidTopicId),
+            },
+            TopicFilter::Short(name) => match std::str::from_utf8(&name) {
+                Ok(text) if topic::validate_topic_name(text).is_ok() => {
+                    (self.interner.intern(text), 0)
+                }
+                _ => return suback(self, 0, ReturnCode::InvalidTopicId),
+            },
+        };
+        let transparent = self.settings.mode == Mode::Transparent;
+        if let Some(client) = self.client_mut(key) {
+            let extras = client.extras_mut();
+            extras.pending_subs.retain(|p| p.msg_id != s.msg_id);
+            extras.pending_subs.push(PendingSub {
+                filter: filter.clone(),
+                msg_id: s.msg_id,
+                topic_id,
+                qos,
+            });
+            // Aggregating mode keeps subscriptions in the shared table instead.
+            if transparent {
+                if let Some(entry) = extras.filters.iter_mut().find(|(f, _)| *f == filter) {
+                    entry.1 = qos;
+                } else {
+                    extras.filters.push((filter.clone(), qos));
+                }
+            }
+        }
+        let tok = token(key, generation, s.msg_id);
+        let (conn, upstream_qos) = match self.settings.mode {
+            Mode::Transparent => (self.conn_of(key), qos),
+            Mode::Aggregating => {
+                let _ = self.subscriptions.subscribe(key, &filter, qos);
+                // Always (re)subscribe upstream: the broker then sends this filter's retained
+                // messages, which a new subscriber expects. The broker subscription keeps the
+                // highest QoS any device asked for.
+                (
+                    ConnId::GATEWAY,
+                    self.subscriptions.max_qos(&filter).unwrap_or(qos),
+                )
+            }
+        };
+        if !self.upstream_subscribe(now, conn, &filter, upstream_qos, tok) {
+            if let Some(client) = self.client_mut(key) {
+                client
+                    .extras_mut()
+                    .pending_subs
+                    .retain(|p| p.msg_id != s.msg_id);
+                client.tidy();
+            }
+            self.undo_subscription(key, &filter);
+            suback(self, topic_id, ReturnCode::Congestion);
+        }
+    }
+
+    /// Takes back a subscription the broker did not grant, so that the device gets nothing
+    /// for a SUBSCRIBE it was told failed.
+    pub(super) fn undo_subscription(&mut self, key: ClientKey, filter: &Arc<str>) {
+        if let Some(client) = self.client_mut(key) {
+            client.extras_mut().filters.retain(|(f, _)| f != filter);
+            client.tidy();
+        }
+        if self.settings.mode == Mode::Aggregating {
+            if let Some(change) = self.subscriptions.unsubscribe(key, filter) {
+                self.apply_upstream_change(change);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, now: Instant, key: ClientKey, u: Unsubscribe<'_>) {
+        let Some(client) = self.client(key) else {
+            return;
+        };
+        let (peer, client_id) = (client.peer, client.client_id.clone());
+        let filter: Option<Arc<str>> = match u.topic {
+            TopicFilter::Name(name) => Some(self.interner.intern(name)),
+            TopicFilter::Predefined(id) => self.predefined.name(&client_id, id).cloned(),
+            TopicFilter::Short(name) => std::str::from_utf8(&name)
+                .ok()
+                .map(|n| self.interner.intern(n)),
+        };
+        if let Some(filter) = filter {
+            if let Some(client) = self.client_mut(key) {
+                client.extras_mut().filters.retain(|(f, _)| *f != filter);
+                client.tidy();
+            }
+            match self.settings.mode {
+                Mode::Transparent => {
+                    let conn = self.conn_of(key);
+                    self.upstream_unsubscribe(now, conn, &filter);
+                }
+                Mode::Aggregating => {
+                    if let Some(change) = self.subscriptions.unsubscribe(key, &filter) {
+                        self.apply_upstream_change(change);
+                    }
+                }
+            }
+        }
+        // UNSUBACK carries no return code: unsubscribing from nothing is not an error.
+        self.send(peer, Message::UnsubAck { msg_id: u.msg_id });
+    }
+
+    fn on_ping_with_id(&mut self, now: Instant, peer: PeerAddr, key: ClientKey) {
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        client.last_seen = now;
+        match client.state {
+            State::Asleep | State::Awake => {
+                client.state = State::Awake;
+                let client_id = client.client_id.clone();
+                self.move_client(key, peer);
+                self.events.push_back(Event::ClientAwake { client_id });
+                self.resume_inflight(now, key);
+                self.pump(now, key);
+            }
+            s if s.is_connected() => {
+                self.move_client(key, peer);
+                self.send(peer, Message::PingResp);
+            }
+            _ => {
+                self.drop_frame(peer, "PINGREQ from a client that is not connected".into());
+                self.send(peer, Message::Disconnect { duration: None });
+            }
+        }
+    }
+
+    fn on_disconnect(&mut self, now: Instant, key: ClientKey, duration: Option<u16>) {
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        let peer = client.peer;
+        match duration {
+            Some(d) if d > 0 && client.state.is_connected() => {
+                client.state = State::Asleep;
+                client.sleep_secs = d;
+                client.supervision_at = None;
+                let client_id = client.client_id.clone();
+                self.send(peer, Message::Disconnect { duration: None });
+                self.events.push_back(Event::ClientAsleep {
+                    client_id,
+                    duration: d,
+                });
+                self.supervise(key);
+            }
+            _ => {
+                self.send(peer, Message::Disconnect { duration: None });
+                self.end_session(now, key, true);
+            }
+        }
+    }
+
+    /// Ends a device's connection. `graceful`: it said DISCONNECT (no will); otherwise it was
+    /// superseded. Sessions with CleanSession=0 are kept, disconnected.
+    pub(super) fn end_session(&mut self, _now: Instant, key: ClientKey, graceful: bool) {
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        let client_id = client.client_id.clone();
+        let clean = client.clean_session;
+        client.state = State::Disconnected;
+        client.supervision_at = None;
+        let conn = client.conn.take();
+        if let Some(conn) = conn {
+            self.close_upstream(conn, graceful);
+        }
+        self.events
+            .push_back(Event::ClientDisconnected { client_id });
+        if clean {
+            self.remove_client(key);
+        }
+    }
+
+    /// The broker connection a client's traffic goes over.
+    pub(super) fn conn_of(&self, key: ClientKey) -> ConnId {
+        match self.settings.mode {
+            Mode::Aggregating => ConnId::GATEWAY,
+            Mode::Transparent => self
+                .client(key)
+                .and_then(|c| c.conn)
+                .unwrap_or(ConnId::GATEWAY),
+        }
+    }
+}

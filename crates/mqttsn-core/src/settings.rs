@@ -1,0 +1,102 @@
+//! What the engine is configured with. The gateway builds a [`Settings`] from its `gateway.toml`
+//! (parsing, defaults and validation live there); the core only consumes plain values.
+
+use crate::codec::DecodeOptions;
+use crate::engine::sleep::SleepLimits;
+use crate::hash::HashSeed;
+use crate::time::Duration;
+use std::fmt;
+
+/// How clients map to broker connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// One broker connection per client, under the client's own id (plus the prefix).
+    Transparent,
+    /// All clients share one broker connection.
+    Aggregating,
+}
+
+impl Mode {
+    /// The name the configuration file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Transparent => "transparent",
+            Mode::Aggregating => "aggregating",
+        }
+    }
+}
+
+/// A predefined topic id (`[[predefined]]`), known to the gateway and its clients in advance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredefinedTopic {
+    /// The topic id, 1 to 0xFFFE (0 and 0xFFFF are reserved).
+    pub id: u16,
+    /// The topic name it stands for; no wildcards, since clients publish to it.
+    pub topic: String,
+    /// The only client the id applies to; `None`: every client. A client's own entry for an id
+    /// takes precedence over the global one.
+    pub client_id: Option<String>,
+}
+
+/// Everything the engine consults, resolved once.
+#[derive(Clone)]
+pub struct Settings {
+    /// GwId in ADVERTISE, GWINFO and the gateway's own broker client id.
+    pub gw_id: u8,
+    /// Transparent or aggregating.
+    pub mode: Mode,
+    /// Most sessions held (connected, sleeping, or kept for CleanSession=0).
+    pub max_clients: usize,
+    /// Longest ClientId accepted in CONNECT.
+    pub client_id_max_len: usize,
+    /// Nonstandard frame forms accepted.
+    pub decode: DecodeOptions,
+    /// Broadcast ADVERTISE every `t_adv`.
+    pub advertise: bool,
+    /// A client is lost after its keep-alive (or sleep duration) times this factor of silence.
+    pub keep_alive_tolerance: f64,
+    /// T_RETRY: wait for an acknowledgement before retransmitting to a client.
+    pub t_retry: Duration,
+    /// N_RETRY: retransmissions before giving up on a client.
+    pub n_retry: u8,
+    /// T_ADV: interval between ADVERTISE broadcasts.
+    pub t_adv: Duration,
+    /// Bounds of each sleeping client's buffer.
+    pub sleep: SleepLimits,
+    /// Prefix of every broker client id the gateway uses.
+    pub client_id_prefix: String,
+    /// Broker user name.
+    pub username: Option<String>,
+    /// Broker password.
+    pub password: Option<String>,
+    /// Keep-alive of the broker connections.
+    pub upstream_keep_alive: Duration,
+    /// Predefined topic ids.
+    pub predefined: Vec<PredefinedTopic>,
+    /// Keys of the engine's hash maps: random in production, fixed in tests.
+    pub hash_seed: HashSeed,
+}
+
+impl fmt::Debug for Settings {
+    // Hand-written so that logging the settings never prints the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("gw_id", &self.gw_id)
+            .field("mode", &self.mode)
+            .field("max_clients", &self.max_clients)
+            .field("client_id_max_len", &self.client_id_max_len)
+            .field("decode", &self.decode)
+            .field("advertise", &self.advertise)
+            .field("keep_alive_tolerance", &self.keep_alive_tolerance)
+            .field("t_retry", &self.t_retry)
+            .field("n_retry", &self.n_retry)
+            .field("t_adv", &self.t_adv)
+            .field("sleep", &self.sleep)
+            .field("client_id_prefix", &self.client_id_prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("upstream_keep_alive", &self.upstream_keep_alive)
+            .field("predefined", &self.predefined)
+            .finish_non_exhaustive()
+    }
+}
