@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqttsn_gateway::codec::{DecodeOptions, Frame};
+use mqttsn_codec::{DecodeOptions, Frame};
 
 fuzz_target!(|data: &[u8]| {
     for long_topic in [false, true] {

@@ -112,14 +112,7 @@ impl<'a> Frame<'a> {
     /// Encodes into the start of `buf` and returns the length written; `buf` is left as it was
     /// when it is too small.
     pub fn encode_into(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
-        let needed = self.encoded_len();
-        if needed > buf.len() {
-            return Err(EncodeError::BufferTooSmall {
-                needed,
-                available: buf.len(),
-            });
-        }
-        self.encode(&mut crate::wire::SliceWriter::new(buf))
+        crate::wire::encode_into(buf, self.encoded_len(), |out| self.encode(out))
     }
 
     /// Encodes into a new vector.

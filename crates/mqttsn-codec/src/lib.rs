@@ -34,7 +34,7 @@ pub use session::{Connect, WillTopic, PROTOCOL_ID};
 pub use subscribe::{SubAck, Subscribe, TopicFilter, Unsubscribe};
 pub use types::{MsgType, QoS, ReturnCode, TopicIdType};
 
-use wire::{put_header, split_header, total_len, Put, Reader, SliceWriter, MAX_LENGTH};
+use wire::{put_header, split_header, total_len, Put, Reader, MAX_LENGTH};
 
 /// Switches for decoding forms outside the standard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -333,14 +333,7 @@ impl<'a> Message<'a> {
     /// Encodes into the start of `buf` and returns the length written; `buf` is left as it was
     /// when it is too small.
     pub fn encode_into(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
-        let needed = self.encoded_len();
-        if needed > buf.len() {
-            return Err(EncodeError::BufferTooSmall {
-                needed,
-                available: buf.len(),
-            });
-        }
-        self.encode(&mut SliceWriter::new(buf))
+        wire::encode_into(buf, self.encoded_len(), |out| self.encode(out))
     }
 
     /// Encodes into a new vector.
@@ -372,4 +365,55 @@ fn fixed_return_code(msg_type: MsgType, body: &[u8]) -> Result<ReturnCode, Decod
     let rc = publish::return_code(&mut r, msg_type)?;
     r.finish()?;
     Ok(rc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish() -> Message<'static> {
+        Message::Publish(Publish {
+            dup: false,
+            qos: QoS::One,
+            retain: false,
+            topic: TopicRef::Id(1),
+            msg_id: 7,
+            data: b"21.5",
+        })
+    }
+
+    #[test]
+    fn encode_into_a_fixed_buffer() {
+        let mut buf = [0u8; 16];
+        let len = publish().encode_into(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..len],
+            [0x0B, 0x0C, 0x20, 0x00, 0x01, 0x00, 0x07, b'2', b'1', b'.', b'5']
+        );
+        assert_eq!(Message::decode(&buf[..len]).unwrap(), publish());
+    }
+
+    #[test]
+    fn a_short_buffer_is_an_error_and_left_untouched() {
+        let mut buf = [0xAAu8; 10];
+        assert_eq!(
+            publish().encode_into(&mut buf),
+            Err(EncodeError::BufferTooSmall {
+                needed: 11,
+                available: 10
+            })
+        );
+        assert_eq!(buf, [0xAA; 10]);
+        let frame = Frame {
+            forwarder: Some(Forwarder {
+                radius: 1,
+                node_id: &[9],
+            }),
+            message: publish(),
+        };
+        let mut exact = [0u8; 15];
+        assert_eq!(frame.encode_into(&mut exact), Ok(15));
+        assert_eq!(Frame::decode(&exact).unwrap(), frame);
+        assert!(frame.encode_into(&mut exact[..14]).is_err());
+    }
 }

@@ -1,7 +1,7 @@
 //! Low-level wire helpers: the Length/MsgType header in both forms (§5.2.1) and a bounds-checked
 //! reader over a message body that turns every short read into a typed error.
 
-use super::error::DecodeError;
+use super::error::{DecodeError, EncodeError};
 use super::types::MsgType;
 
 /// Where encoded bytes go: a caller's fixed buffer ([`SliceWriter`]) or, with the `alloc`
@@ -59,6 +59,22 @@ impl Put for SliceWriter<'_> {
         self.buf[self.pos..self.pos + n].copy_from_slice(&bytes[..n]);
         self.pos += n;
     }
+}
+
+/// Runs `encode` on a [`SliceWriter`] over `buf` once the `needed` bytes are known to fit, so
+/// that a buffer too small is an error and is left untouched.
+pub(crate) fn encode_into(
+    buf: &mut [u8],
+    needed: usize,
+    encode: impl FnOnce(&mut SliceWriter<'_>) -> Result<usize, EncodeError>,
+) -> Result<usize, EncodeError> {
+    if needed > buf.len() {
+        return Err(EncodeError::BufferTooSmall {
+            needed,
+            available: buf.len(),
+        });
+    }
+    encode(&mut SliceWriter::new(buf))
 }
 
 /// The largest total length the 1-octet form can express.

@@ -1071,4 +1071,35 @@ mod tests {
         let cd = &line[line.len() - 2..];
         assert_eq!(column_of(line, cd), 6);
     }
+
+    #[test]
+    fn toml_value_shapes() {
+        for ok in [
+            "\"transparent\"",
+            "'a#b'",
+            "\"esc \\\" # still inside\"",
+            "10",
+            "-1.5",
+            "1e3",
+            "true",
+            "false",
+            "[1, \"]\", [2]]",
+            "{ a = \"}\" }",
+            "1979-05-27T07:32:00Z",
+        ] {
+            assert!(is_toml_value(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "transparent",
+            "\"open",
+            "\"a\" \"b\"",
+            "[1, 2",
+            "[1] x",
+            "]",
+            "tru",
+        ] {
+            assert!(!is_toml_value(bad), "{bad}");
+        }
+    }
 }
