@@ -12,6 +12,58 @@ use rumqttc::mqttbytes::{self, v4 as wire};
 #[cfg(test)]
 mod session_tests;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use mqttsn_core::engine::mqtt::wire::{PublishPacket, SubscribePacket, UnsubscribePacket};
+
+    #[test]
+    fn computed_sizes_match_the_encoded_packets() {
+        for (topic_len, payload_len) in [
+            (1, 0),
+            (3, 100),
+            (10, 16_370),
+            (200, 70_000),
+            (5, 2_100_000),
+        ] {
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                let p = PublishPacket {
+                    topic: "t".repeat(topic_len),
+                    payload: Bytes::from(vec![0u8; payload_len]),
+                    qos,
+                    retain: false,
+                    dup: false,
+                    pid: 9,
+                };
+                let mut tx = BytesMut::new();
+                MQTT_V4.write(Outgoing::Publish(&p), &mut tx).unwrap();
+                assert_eq!(MQTT_V4.encoded_len(Outgoing::Publish(&p)), tx.len());
+            }
+        }
+        let s = SubscribePacket {
+            pid: 3,
+            filters: vec![
+                ("a/+".into(), QoS::AtLeastOnce),
+                ("#".into(), QoS::AtMostOnce),
+            ],
+        };
+        let u = UnsubscribePacket {
+            pid: 4,
+            filters: vec!["a/+".into(), "x".repeat(300)],
+        };
+        for packet in [
+            Outgoing::Subscribe(&s),
+            Outgoing::Unsubscribe(&u),
+            Outgoing::PubRel(5),
+        ] {
+            let mut tx = BytesMut::new();
+            MQTT_V4.write(packet, &mut tx).unwrap();
+            assert_eq!(MQTT_V4.encoded_len(packet), tx.len());
+        }
+    }
+}
+
 /// MQTT 3.1.1 (protocol level 4).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MqttV4;
@@ -135,8 +187,26 @@ impl Packet {
 }
 
 impl MqttWire for MqttV4 {
+    /// Computed without building rumqttc's packet for what the session sizes on every message,
+    /// so a publish does not copy its topic just to be measured.
     fn encoded_len(&self, packet: Outgoing<'_>) -> usize {
-        Packet::from_outgoing(packet).size()
+        let remaining = match packet {
+            Outgoing::Publish(p) => {
+                let pid = if p.qos == QoS::AtMostOnce { 0 } else { 2 };
+                2 + p.topic.len() + pid + p.payload.len()
+            }
+            Outgoing::Subscribe(s) => 2 + s.filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>(),
+            Outgoing::Unsubscribe(u) => 2 + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>(),
+            other => return Packet::from_outgoing(other).size(),
+        };
+        // Fixed header: the type byte and 1 to 4 bytes of remaining length (MQTT §2.2.3).
+        let length_bytes = match remaining {
+            0..=127 => 1,
+            128..=16_383 => 2,
+            16_384..=2_097_151 => 3,
+            _ => 4,
+        };
+        1 + length_bytes + remaining
     }
 
     /// rumqttc writes the first bytes before it can fail, so a failed write is cut off again

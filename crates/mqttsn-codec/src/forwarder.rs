@@ -95,11 +95,20 @@ impl<'a> Frame<'a> {
         if inner_len > MAX_LENGTH {
             return Err(EncodeError::TooLong(inner_len));
         }
-        let mut header = 0;
         if let Some(f) = self.forwarder {
             if f.node_id.len() > MAX_NODE_ID {
                 return Err(EncodeError::NodeIdTooLong(f.node_id.len()));
             }
+        }
+        let total = self.encoded_len();
+        if total > out.remaining() {
+            return Err(EncodeError::BufferTooSmall {
+                needed: total,
+                available: out.remaining(),
+            });
+        }
+        let mut header = 0;
+        if let Some(f) = self.forwarder {
             header = MIN_HEADER + f.node_id.len();
             out.put_u8(header as u8);
             out.put_u8(MsgType::Encapsulated as u8);
@@ -112,7 +121,7 @@ impl<'a> Frame<'a> {
     /// Encodes into the start of `buf` and returns the length written; `buf` is left as it was
     /// when it is too small.
     pub fn encode_into(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
-        crate::wire::encode_into(buf, self.encoded_len(), |out| self.encode(out))
+        self.encode(&mut crate::wire::SliceWriter::new(buf))
     }
 
     /// Encodes into a new vector.

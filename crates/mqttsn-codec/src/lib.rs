@@ -34,7 +34,7 @@ pub use session::{Connect, WillTopic, PROTOCOL_ID};
 pub use subscribe::{SubAck, Subscribe, TopicFilter, Unsubscribe};
 pub use types::{MsgType, QoS, ReturnCode, TopicIdType};
 
-use wire::{put_header, split_header, total_len, Put, Reader, MAX_LENGTH};
+use wire::{put_header, split_header, total_len, Put, Reader, SliceWriter, MAX_LENGTH};
 
 /// Switches for decoding forms outside the standard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -288,11 +288,18 @@ impl<'a> Message<'a> {
         total_len(self.body_len())
     }
 
-    /// Appends the encoded message to `out` and returns its length.
+    /// Appends the encoded message to `out` and returns its length; a message that does not
+    /// fit in what is left of `out` is refused before anything is written.
     pub fn encode(&self, out: &mut impl Put) -> Result<usize, EncodeError> {
         let total = self.encoded_len();
         if total > MAX_LENGTH {
             return Err(EncodeError::TooLong(total));
+        }
+        if total > out.remaining() {
+            return Err(EncodeError::BufferTooSmall {
+                needed: total,
+                available: out.remaining(),
+            });
         }
         put_header(out, total, self.msg_type());
         match self {
@@ -333,7 +340,7 @@ impl<'a> Message<'a> {
     /// Encodes into the start of `buf` and returns the length written; `buf` is left as it was
     /// when it is too small.
     pub fn encode_into(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
-        wire::encode_into(buf, self.encoded_len(), |out| self.encode(out))
+        self.encode(&mut SliceWriter::new(buf))
     }
 
     /// Encodes into a new vector.
@@ -415,5 +422,19 @@ mod tests {
         assert_eq!(frame.encode_into(&mut exact), Ok(15));
         assert_eq!(Frame::decode(&exact).unwrap(), frame);
         assert!(frame.encode_into(&mut exact[..14]).is_err());
+    }
+
+    #[test]
+    fn encode_refuses_a_sink_too_small_before_writing() {
+        let mut buf = [0u8; 4];
+        let mut out = SliceWriter::new(&mut buf);
+        assert_eq!(
+            publish().encode(&mut out),
+            Err(EncodeError::BufferTooSmall {
+                needed: 11,
+                available: 4
+            })
+        );
+        assert_eq!(out.written(), 0);
     }
 }

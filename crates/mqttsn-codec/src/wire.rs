@@ -1,12 +1,18 @@
 //! Low-level wire helpers: the Length/MsgType header in both forms (§5.2.1) and a bounds-checked
 //! reader over a message body that turns every short read into a typed error.
 
-use super::error::{DecodeError, EncodeError};
+use super::error::DecodeError;
 use super::types::MsgType;
 
 /// Where encoded bytes go: a caller's fixed buffer ([`SliceWriter`]) or, with the `alloc`
-/// feature, a `Vec<u8>`. Encoders check sizes before writing, so a put never fails.
+/// feature, a `Vec<u8>`. Encoders check the whole length against [`Put::remaining`] before they
+/// write anything, so a put never runs out of room.
 pub trait Put {
+    /// How many more bytes fit; growable sinks have no limit.
+    fn remaining(&self) -> usize {
+        usize::MAX
+    }
+
     /// Appends a slice.
     fn put_slice(&mut self, bytes: &[u8]);
 
@@ -28,9 +34,9 @@ impl Put for alloc::vec::Vec<u8> {
     }
 }
 
-/// Writes into a caller's buffer, for encoding without an allocator. The encoders check the
-/// whole length against [`SliceWriter::remaining`] first; a put that would still overrun is
-/// cut off (never a panic) and shows up as a short [`SliceWriter::written`].
+/// Writes into a caller's buffer, for encoding without an allocator. The encoders refuse a
+/// message that does not fit before writing; a direct put that would still overrun is cut off
+/// (never a panic) and shows up as a short [`SliceWriter::written`].
 pub struct SliceWriter<'a> {
     buf: &'a mut [u8],
     pos: usize,
@@ -46,35 +52,18 @@ impl<'a> SliceWriter<'a> {
     pub fn written(&self) -> usize {
         self.pos
     }
-
-    /// Room left.
-    pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
 }
 
 impl Put for SliceWriter<'_> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     fn put_slice(&mut self, bytes: &[u8]) {
         let n = bytes.len().min(self.remaining());
         self.buf[self.pos..self.pos + n].copy_from_slice(&bytes[..n]);
         self.pos += n;
     }
-}
-
-/// Runs `encode` on a [`SliceWriter`] over `buf` once the `needed` bytes are known to fit, so
-/// that a buffer too small is an error and is left untouched.
-pub(crate) fn encode_into(
-    buf: &mut [u8],
-    needed: usize,
-    encode: impl FnOnce(&mut SliceWriter<'_>) -> Result<usize, EncodeError>,
-) -> Result<usize, EncodeError> {
-    if needed > buf.len() {
-        return Err(EncodeError::BufferTooSmall {
-            needed,
-            available: buf.len(),
-        });
-    }
-    encode(&mut SliceWriter::new(buf))
 }
 
 /// The largest total length the 1-octet form can express.

@@ -8,8 +8,9 @@
 use siphasher::sip::SipHasher13;
 use std::hash::BuildHasher;
 
-/// The two SipHash keys for every map of one engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The two SipHash keys for every map of one engine. No `Default`: a map must be given its keys,
+/// so none falls back to a well-known key pair by accident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashSeed(pub u64, pub u64);
 
 impl BuildHasher for HashSeed {

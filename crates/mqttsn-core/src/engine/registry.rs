@@ -162,7 +162,7 @@ fn index_to_id(index: usize) -> u16 {
 }
 
 /// The predefined topic ids from the configuration (`[[predefined]]`), global and per client.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PredefinedTopics {
     /// Global entries sorted by id.
     global: Vec<(u16, Arc<str>)>,
@@ -257,7 +257,7 @@ fn find_id(list: &[(u16, Arc<str>)], id: u16) -> Option<&Arc<str>> {
 
 /// Shares one `Arc<str>` per distinct topic name across all clients, so that 100,000 clients
 /// registering `sensors/temp` store the string once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TopicInterner {
     names: HashSet<Arc<str>>,
 }
@@ -464,7 +464,7 @@ mod tests {
 
     #[test]
     fn predefined_empty() {
-        let p = PredefinedTopics::default();
+        let p = PredefinedTopics::new(&[], HashSeed(1, 2));
         assert!(p.is_empty());
         assert_eq!(p.name("c", 1), None);
         assert_eq!(p.id_for("c", "t"), None);

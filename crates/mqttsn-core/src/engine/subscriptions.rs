@@ -31,7 +31,7 @@ type Subscribers = Vec<(ClientKey, QoS)>;
 
 /// One topic level of the trie. The node reached by a filter's levels holds that filter's
 /// subscribers; a trailing `#` is kept in the parent's `hash` slot since nothing follows it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Node {
     /// Children by literal level.
     children: HashMap<Box<str>, Node>,

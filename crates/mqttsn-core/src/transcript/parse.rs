@@ -365,29 +365,48 @@ fn valid_config_key(key: &str) -> bool {
         })
 }
 
-/// Whether `text` has the shape of one TOML value: a closed string, `true`/`false`, a number
-/// (or date) token, or a balanced array or inline table. Only the shape: the core has no TOML
-/// parser, and the gateway's configuration loader checks the value itself when a replay builds
-/// its settings. The shape is enough to tell where a trailing `# comment` begins.
+/// Whether `text` has the shape of one TOML value: a closed string (basic, literal or
+/// multi-line), `true`/`false`, `inf`/`nan`, a number or date-time token, or a balanced array or
+/// inline table. Only the shape: the core has no TOML parser, and the gateway's configuration
+/// loader checks the value itself when a replay builds its settings. The shape is what tells
+/// where a trailing `# comment` begins.
 fn is_toml_value(text: &str) -> bool {
     let text = text.trim();
     let Some(first) = text.chars().next() else {
         return false;
     };
     match first {
-        '"' | '\'' => closing_quote(text).is_some_and(|end| end == text.len()),
+        '"' | '\'' => string_end(text).is_some_and(|end| end == text.len()),
         '[' | '{' => balanced(text),
-        _ if text == "true" || text == "false" => true,
-        c if c.is_ascii_digit() || matches!(c, '+' | '-') => text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.' | ':')),
-        _ => false,
+        _ => matches!(text, "true" | "false" | "inf" | "nan") || is_number_or_date(text),
     }
 }
 
-/// The end (exclusive) of the string starting `text`, honouring `\` escapes in `"` strings.
-fn closing_quote(text: &str) -> Option<usize> {
+/// A number (`10`, `-1.5`, `1e3`, `0x1F`, `+inf`) or a date-time, whose time may follow the
+/// date after one space (`1979-05-27 07:32:00Z`).
+fn is_number_or_date(text: &str) -> bool {
+    let token = |t: &str| {
+        t.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-'))
+            && t.len() > usize::from(t.starts_with(['+', '-']))
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.' | ':'))
+    };
+    match text.split_once(' ') {
+        Some((date, time)) => {
+            date.len() == 10 && date.as_bytes().get(4) == Some(&b'-') && token(date) && token(time)
+        }
+        None => token(text),
+    }
+}
+
+/// The end (exclusive) of the string that starts `text`: `"…"` with `\` escapes, `'…'`, or their
+/// triple-quoted multi-line forms.
+fn string_end(text: &str) -> Option<usize> {
     let quote = text.chars().next()?;
+    let triple = if quote == '"' { "\"\"\"" } else { "'''" };
+    if let Some(body) = text.strip_prefix(triple) {
+        return body.find(triple).map(|i| 3 + i + 3);
+    }
     let mut escaped = false;
     for (i, c) in text.char_indices().skip(1) {
         match c {
@@ -400,19 +419,21 @@ fn closing_quote(text: &str) -> Option<usize> {
     None
 }
 
-/// Whether the brackets and braces of `text` close exactly at its end, strings skipped.
+/// Whether the brackets and braces of `text` close exactly at its end, strings skipped. A `#`
+/// outside a string starts a comment, which a one-line value cannot contain.
 fn balanced(text: &str) -> bool {
     let mut depth = 0usize;
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
         match c {
-            '"' | '\'' => match closing_quote(rest) {
+            '"' | '\'' => match string_end(rest) {
                 Some(end) => {
                     rest = &rest[end..];
                     continue;
                 }
                 None => return false,
             },
+            '#' => return false,
             '[' | '{' => depth += 1,
             ']' | '}' => {
                 depth = match depth.checked_sub(1) {
@@ -1086,6 +1107,12 @@ mod tests {
             "[1, \"]\", [2]]",
             "{ a = \"}\" }",
             "1979-05-27T07:32:00Z",
+            "1979-05-27 07:32:00Z",
+            "'''a'b'''",
+            "\"\"\"x\"\"\"",
+            "inf",
+            "-nan",
+            "0x1F",
         ] {
             assert!(is_toml_value(ok), "{ok}");
         }
@@ -1098,6 +1125,9 @@ mod tests {
             "[1] x",
             "]",
             "tru",
+            "[1, #2]",
+            "-",
+            "a b",
         ] {
             assert!(!is_toml_value(bad), "{bad}");
         }
