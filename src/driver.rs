@@ -1,6 +1,11 @@
 //! The driver: one tokio task owns the [`Gateway`] engine and runs a `select!` over the UDP
 //! listeners, the broker connections and the engine's next deadline. After every input it
 //! drains the engine's outputs into the transports. It is the only place that reads the clock.
+//!
+//! It also owns every task the transports start. On stop it closes the broker connections
+//! (MQTT DISCONNECT), fires the [`crate::transport::shutdown`] signal, awaits every task and
+//! finishes the recording, so that when [`run`] or [`Running::stop`] returns, no socket, tty or
+//! file of the gateway's is left open.
 
 use crate::config::{Config, UpstreamUrl};
 use crate::engine::{
@@ -11,6 +16,7 @@ use crate::record::snlog::{Endpoint, Payload, RecordEvent, Recorder};
 use crate::time::Instant;
 use crate::transcript::Control;
 use crate::transport::serial::port::{SerialInbound, SerialTransport};
+use crate::transport::shutdown::{self, Trigger};
 use crate::transport::udp::{Datagram, UdpError, UdpTransport};
 use crate::transport::upstream::{ConnEvent, UpstreamError, UpstreamPool, UpstreamSettings};
 use mqttsn_core::hash::HashSeed;
@@ -66,7 +72,9 @@ impl Running {
     }
 
     /// Stops the gateway cleanly: MQTT DISCONNECT on every broker connection, then waits for
-    /// the loop to finish.
+    /// the loop and every transport task to finish. When it returns, the UDP sockets, serial
+    /// ports, broker connections and recording files are closed. (Not the embedded broker's
+    /// listener: rumqttd cannot be stopped, see the `embedded` module.)
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -114,14 +122,15 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
         warn_if_few_file_descriptors(config.gateway.max_clients);
     }
     let settings = UpstreamSettings::from_config(&config.upstream)?;
+    let (trigger, shutdown) = shutdown::channel();
     let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_QUEUE);
-    let udp = UdpTransport::bind(&config.udp, datagram_tx)?;
+    let udp = UdpTransport::bind(&config.udp, datagram_tx, &shutdown)?;
     let addrs = udp.local_addrs();
     for addr in &addrs {
         tracing::info!(%addr, "listening for MQTT-SN over UDP");
     }
     let (serial_tx, serial_rx) = mpsc::channel(DATAGRAM_QUEUE);
-    let serial = SerialTransport::start(&config.serial, serial_tx);
+    let serial = SerialTransport::start(&config.serial, serial_tx, &shutdown);
     let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
     let pool = UpstreamPool::new(settings, events_tx);
     let engine = Gateway::new(config.engine_settings(random_hash_seed()), &MQTT_V4);
@@ -134,6 +143,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
             serial,
             pool,
             recorder: recording.snlog,
+            shutdown: trigger,
         };
         event_loop(engine, io, datagram_rx, serial_rx, events_rx, stop).await;
     });
@@ -212,6 +222,8 @@ struct Io {
     serial: SerialTransport,
     pool: UpstreamPool,
     recorder: Option<Recorder>,
+    /// Stops the transports' tasks (see [`shut_down`]).
+    shutdown: Trigger,
 }
 
 impl Io {
@@ -317,19 +329,56 @@ async fn event_loop(
         }
         flush(&mut engine, &mut io, clock.now()).await;
     }
+    shut_down(engine, io, upstream, &clock).await;
+}
+
+/// The end of the loop. The engine closes its broker connections (MQTT DISCONNECT) in a last
+/// flush; then every transport task is told to stop and awaited, the recording is finished and
+/// the totals are logged. When this returns, every socket, tty and file of the gateway's is
+/// closed.
+async fn shut_down(
+    mut engine: Gateway,
+    mut io: Io,
+    mut upstream: mpsc::Receiver<(ConnId, ConnEvent)>,
+    clock: &Clock,
+) {
     engine.shutdown();
     flush(&mut engine, &mut io, clock.now()).await;
-    io.pool.shutdown().await;
-    if let Some(recorder) = io.recorder.take() {
+    // Only now, after the last flush: the serial ports still write what it queued for them.
+    io.shutdown.fire();
+    let Io {
+        mut udp,
+        mut serial,
+        pool,
+        recorder,
+        ..
+    } = io;
+    // The broker connections close through the pool (DISCONNECT written, FIN both ways). Their
+    // tasks may be waiting to hand over an event meanwhile, so the channel is kept moving; the
+    // events are dropped, the engine has shut down. `recv` ends once the pool, and with it the
+    // last sender, is gone.
+    let drain_upstream = async { while upstream.recv().await.is_some() {} };
+    tokio::join!(
+        pool.shutdown(),
+        drain_upstream,
+        udp.shutdown(),
+        serial.shutdown()
+    );
+    // Last: the writer thread writes what is queued and closes the files.
+    if let Some(recorder) = recorder {
         let skipped = recorder.skipped();
         recorder.finish();
         if skipped > 0 {
             tracing::warn!(skipped, "recording could not keep up; events were skipped");
         }
     }
-    for (port, stats) in io.serial.stats() {
+    for (port, stats) in serial.stats() {
         tracing::info!(%port, ?stats, "serial port totals");
     }
+    tracing::info!(send_errors = udp.send_errors(), "udp totals");
+    // Its readers are gone, so the transport holds the last handles on the sockets: the ports
+    // are free from here on.
+    drop(udp);
     tracing::info!(counters = ?engine.counters(), "gateway stopped");
 }
 

@@ -37,5 +37,5 @@ pub mod driver;
 pub mod embedded;
 pub mod mqtt_v4;
 pub mod record;
-pub mod replay_tool;
+pub mod replay;
 pub mod transport;

@@ -162,7 +162,7 @@ fn main() -> ExitCode {
             slip_crc,
             xbee_api_mode,
         }) => {
-            let mut options = mqttsn_gateway::replay_tool::ReplayOptions::new(gateway);
+            let mut options = mqttsn_gateway::replay::ReplayOptions::new(gateway);
             options.speed = speed;
             options.as_fast_as_possible = as_fast_as_possible;
             options.answer_timeout = std::time::Duration::from_millis(timeout);
@@ -363,14 +363,8 @@ fn decode(frames: &[String], format: DecodeFormat) -> ExitCode {
 /// Reads a recording: a pcap file (by its magic number) or a transcript.
 fn load_recording(file: &Path, pcap_port: u16) -> Result<Transcript, String> {
     let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let pcap_magic: [[u8; 4]; 4] = [
-        [0xd4, 0xc3, 0xb2, 0xa1],
-        [0xa1, 0xb2, 0xc3, 0xd4],
-        [0x4d, 0x3c, 0xb2, 0xa1],
-        [0xa1, 0xb2, 0x3c, 0x4d],
-    ];
-    if bytes.len() >= 4 && pcap_magic.iter().any(|m| bytes[..4] == m[..]) {
-        return mqttsn_gateway::replay_tool::transcript_from_pcap(&bytes, pcap_port)
+    if mqttsn_gateway::record::pcap_reader::is_pcap(&bytes) {
+        return mqttsn_gateway::record::pcap_reader::transcript_from_pcap(&bytes, pcap_port)
             .map_err(|e| format!("{}: {e}", file.display()));
     }
     let text = String::from_utf8(bytes)
@@ -380,7 +374,7 @@ fn load_recording(file: &Path, pcap_port: u16) -> Result<Transcript, String> {
 
 fn replay(
     file: &Path,
-    options: &mqttsn_gateway::replay_tool::ReplayOptions,
+    options: &mqttsn_gateway::replay::ReplayOptions,
     pcap_port: u16,
     serial: Option<(String, u32, Framing)>,
 ) -> ExitCode {
@@ -398,16 +392,10 @@ fn replay(
     let result = runtime.block_on(async {
         match &serial {
             Some((port, baud, framing)) => {
-                mqttsn_gateway::replay_tool::replay_serial(
-                    &transcript,
-                    port,
-                    *baud,
-                    *framing,
-                    options,
-                )
-                .await
+                mqttsn_gateway::replay::replay_serial(&transcript, port, *baud, *framing, options)
+                    .await
             }
-            None => mqttsn_gateway::replay_tool::replay(&transcript, options).await,
+            None => mqttsn_gateway::replay::replay(&transcript, options).await,
         }
     });
     match result {

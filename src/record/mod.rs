@@ -1,6 +1,8 @@
 //! Recordings of gateway traffic: the project's transcript format (`snlog`, written by
-//! `--record`) and pcap files that standard tools open (Wireshark/tshark).
+//! `--record`) and pcap files that standard tools open (Wireshark/tshark), written by [`pcap`]
+//! and read back into transcripts by [`pcap_reader`] for the `replay` subcommand.
 
 pub mod pcap;
+pub mod pcap_reader;
 mod pcap_sink;
 pub mod snlog;

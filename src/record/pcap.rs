@@ -50,13 +50,22 @@ pub const LINKTYPE_RAW: u32 = 101;
 /// The MQTT-SN UDP port used on both ends of synthetic radio addresses.
 pub const MQTTSN_PORT: u16 = 1884;
 
+/// Length of the global header at the start of the file.
+pub(super) const GLOBAL_HEADER_LEN: usize = 24;
+/// Offset of the link type in the global header, after the magic, version, thiszone, sigfigs
+/// and snaplen fields.
+pub(super) const LINKTYPE_AT: usize = 20;
+/// Length of the header before each packet: `ts_sec`, `ts_usec`, `incl_len`, `orig_len`.
+pub(super) const RECORD_HEADER_LEN: usize = 16;
+
 const MAX_PACKET: usize = SNAPLEN as usize;
-const IPV4_HEADER: usize = 20;
-const IPV6_HEADER: usize = 40;
-const UDP_HEADER: usize = 8;
+/// An IPv4 header without options, the shortest there is.
+pub(super) const IPV4_HEADER: usize = 20;
+pub(super) const IPV6_HEADER: usize = 40;
+pub(super) const UDP_HEADER: usize = 8;
 const TCP_HEADER: usize = 20;
 const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
+pub(super) const PROTO_UDP: u8 = 17;
 const HOP_LIMIT: u8 = 64;
 const TCP_WINDOW: u16 = 65_535;
 
@@ -249,13 +258,13 @@ pub struct PcapWriter<W: Write> {
 impl<W: Write> PcapWriter<W> {
     /// Writes the global header and returns the writer.
     pub fn new(mut out: W) -> io::Result<Self> {
-        let mut header = [0u8; 24];
+        let mut header = [0u8; GLOBAL_HEADER_LEN];
         header[0..4].copy_from_slice(&PCAP_MAGIC.to_le_bytes());
         header[4..6].copy_from_slice(&2u16.to_le_bytes());
         header[6..8].copy_from_slice(&4u16.to_le_bytes());
         // thiszone and sigfigs stay 0.
         header[16..20].copy_from_slice(&SNAPLEN.to_le_bytes());
-        header[20..24].copy_from_slice(&LINKTYPE_RAW.to_le_bytes());
+        header[LINKTYPE_AT..LINKTYPE_AT + 4].copy_from_slice(&LINKTYPE_RAW.to_le_bytes());
         out.write_all(&header)?;
         Ok(Self {
             out,
@@ -458,7 +467,7 @@ impl<W: Write> PcapWriter<W> {
         buf[at_checksum..at_checksum + 2].copy_from_slice(&checksum.to_be_bytes());
 
         let (secs, micros) = at.split();
-        let mut record = [0u8; 16];
+        let mut record = [0u8; RECORD_HEADER_LEN];
         record[0..4].copy_from_slice(&secs.to_le_bytes());
         record[4..8].copy_from_slice(&micros.to_le_bytes());
         record[8..12].copy_from_slice(&(buf.len() as u32).to_le_bytes());

@@ -134,12 +134,25 @@ impl Recorder {
         self.skipped.load(Relaxed)
     }
 
-    /// Writes what is queued and closes the file.
+    /// Writes what is queued and closes the files; returns once the writer thread has.
     pub fn finish(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        // The end of the queue tells the writer thread to write the rest and stop.
         self.tx = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+    }
+}
+
+impl Drop for Recorder {
+    /// As [`Recorder::finish`], for the paths that never call it (a panic unwinding the
+    /// driver, say): the recording is still complete and closed once the recorder is gone.
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -288,9 +301,24 @@ impl FileState {
         }
         if let Endpoint::Broker { conn, .. } = &event.peer {
             // A connection opened, closed or replaced: what was half received belongs to the
-            // old byte stream, and the new one starts on a packet boundary.
-            self.partial.remove(&(*conn, true));
-            self.partial.remove(&(*conn, false));
+            // old byte stream, and the new one starts on a packet boundary. The half packet is
+            // still written, raw, so that a broker cutting off mid-packet can be seen.
+            for inbound in [true, false] {
+                let Some(rest) = self.partial.remove(&(*conn, inbound)) else {
+                    continue;
+                };
+                if rest.is_empty() {
+                    continue;
+                }
+                let entry = if inbound {
+                    Entry::input(at, name.clone(), &rest)
+                } else {
+                    Entry::output(at, name.clone(), &rest)
+                };
+                self.out.write_entry(
+                    &entry.with_comment("incomplete packet at the end of the stream"),
+                )?;
+            }
         }
         let entry = match (&event.payload, event.inbound) {
             (Payload::Bytes(bytes), true) => Entry::input(at, name, bytes),
@@ -522,12 +550,31 @@ mod tests {
         transcript.entries.into_iter().map(|e| e.payload).collect()
     }
 
+    #[test]
+    fn a_recorder_dropped_without_finish_still_completes_its_file() {
+        // What a panic unwinding the driver does to it.
+        let path =
+            std::env::temp_dir().join(format!("mqttsn-snlog-dropped-{}.snlog", std::process::id()));
+        let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
+        recorder.record(broker_control(0, true, Control::Up));
+        recorder.record(broker_bytes(1, true, &[0x20, 0x02, 0x00, 0x00]));
+        drop(recorder);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let transcript = Transcript::parse(&text, "dropped").unwrap();
+        let lines: Vec<Line> = transcript.entries.into_iter().map(|e| e.payload).collect();
+        assert_eq!(
+            lines,
+            [Line::Control(Control::Up), bytes(&[0x20, 0x02, 0x00, 0x00])]
+        );
+    }
+
     fn bytes(b: &[u8]) -> Line {
         Line::Frame(FramePattern::exact(b))
     }
 
     #[test]
-    fn a_reconnect_drops_the_half_packet_of_the_old_stream() {
+    fn a_reconnect_ends_the_half_packet_of_the_old_stream() {
         let lines = record(
             "reconnect",
             vec![
@@ -544,6 +591,7 @@ mod tests {
             lines,
             [
                 Line::Control(Control::Up),
+                bytes(&[0x30, 0x05, 0x00, 0x01]),
                 Line::Control(Control::Down),
                 Line::Control(Control::Up),
                 bytes(&[0x20, 0x02, 0x00, 0x00]),

@@ -3,7 +3,12 @@
 //!
 //! Datagrams are read into a large shared `BytesMut` and split off as `Bytes`, so receiving
 //! allocates a new buffer only every few hundred datagrams, not once per datagram.
+//!
+//! The reader tasks belong to the transport and end on the driver's shutdown signal; once
+//! [`UdpTransport::shutdown`] has returned, the transport holds the last handle on each socket,
+//! so dropping it closes them and the ports can be bound again at once.
 
+use super::shutdown::Shutdown;
 use crate::config::{MulticastInterface, UdpConfig};
 use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -14,6 +19,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 /// Largest datagram accepted (the MQTT-SN 3-octet length allows 65535 bytes).
 const MAX_DATAGRAM: usize = 65_535;
@@ -62,7 +68,9 @@ pub struct UdpTransport {
     last_listener: HashMap<SocketAddr, usize>,
     track_peers: bool,
     /// Send failures (counted, not fatal).
-    pub send_errors: u64,
+    send_errors: u64,
+    /// One reader task per listener.
+    readers: JoinSet<()>,
 }
 
 fn socket_error(addr: SocketAddr, what: &'static str) -> impl FnOnce(io::Error) -> UdpError {
@@ -126,11 +134,12 @@ fn open(config: &UdpConfig) -> Result<std::net::UdpSocket, UdpError> {
 }
 
 impl UdpTransport {
-    /// Binds every listener and starts a reader task for each, feeding `datagrams`.
-    /// Must be called within a tokio runtime.
+    /// Binds every listener and starts a reader task for each, feeding `datagrams` until
+    /// `shutdown` fires. Must be called within a tokio runtime.
     pub fn bind(
         configs: &[UdpConfig],
         datagrams: mpsc::Sender<Datagram>,
+        shutdown: &Shutdown,
     ) -> Result<Self, UdpError> {
         let mut listeners = Vec::with_capacity(configs.len());
         for config in configs {
@@ -148,15 +157,38 @@ impl UdpTransport {
         }
         let v4 = listeners.iter().filter(|l| l.local.is_ipv4()).count();
         let track_peers = v4 > 1 || listeners.len() - v4 > 1;
+        let mut readers = JoinSet::new();
         for (index, listener) in listeners.iter().enumerate() {
-            tokio::spawn(read_loop(index, listener.socket.clone(), datagrams.clone()));
+            readers.spawn(read_loop(
+                index,
+                listener.socket.clone(),
+                datagrams.clone(),
+                shutdown.clone(),
+            ));
         }
         Ok(UdpTransport {
             listeners,
             last_listener: HashMap::new(),
             track_peers,
             send_errors: 0,
+            readers,
         })
+    }
+
+    /// Waits for the reader tasks, which end once the shutdown signal has fired; fire it first.
+    /// Afterwards the transport holds the only handle on each socket: dropping it closes them.
+    pub async fn shutdown(&mut self) {
+        while let Some(result) = self.readers.join_next().await {
+            if let Err(error) = result {
+                tracing::error!(%error, "udp reader task failed");
+            }
+        }
+    }
+
+    /// Datagrams that could not be sent (no listener for the peer's address family, or the
+    /// system refused them: no route, buffer full, ...) since the start.
+    pub fn send_errors(&self) -> u64 {
+        self.send_errors
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -229,31 +261,113 @@ async fn send(socket: &UdpSocket, to: SocketAddr, bytes: &[u8]) -> io::Result<us
     }
 }
 
-async fn read_loop(listener: usize, socket: Arc<UdpSocket>, out: mpsc::Sender<Datagram>) {
+/// Feeds the datagrams of one socket to the driver until shutdown (or the driver is gone).
+async fn read_loop(
+    listener: usize,
+    socket: Arc<UdpSocket>,
+    out: mpsc::Sender<Datagram>,
+    mut shutdown: Shutdown,
+) {
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
-        if buf.capacity() - buf.len() < MAX_DATAGRAM {
-            buf = BytesMut::with_capacity(CHUNK);
-        }
-        // Receive straight into the spare capacity of the chunk.
-        let result = socket.recv_buf_from(&mut buf).await;
-        match result {
-            Ok((len, from)) => {
-                let bytes = buf.split_to(len).freeze();
-                if out
-                    .send(Datagram {
+        // A place in the driver's queue first, then the datagram: a datagram taken from the
+        // socket is never lost to a shutdown, and a full queue leaves the datagrams in the
+        // kernel's buffer. Both waits are cancel safe.
+        let permit = tokio::select! {
+            () = shutdown.recv() => return,
+            permit = out.reserve() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return, // the driver is gone
+            },
+        };
+        loop {
+            if buf.capacity() - buf.len() < MAX_DATAGRAM {
+                buf = BytesMut::with_capacity(CHUNK);
+            }
+            // Receive straight into the spare capacity of the chunk.
+            let result = tokio::select! {
+                () = shutdown.recv() => return,
+                result = socket.recv_buf_from(&mut buf) => result,
+            };
+            match result {
+                Ok((len, from)) => {
+                    let bytes = buf.split_to(len).freeze();
+                    permit.send(Datagram {
                         listener,
                         from,
                         bytes,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return; // the driver is gone
+                    });
+                    break;
                 }
+                // ICMP errors surface here on some systems (e.g. port unreachable): not fatal.
+                Err(e) => tracing::debug!(error = %e, "udp receive error"),
             }
-            // ICMP errors surface here on some systems (e.g. port unreachable): not fatal.
-            Err(e) => tracing::debug!(error = %e, "udp receive error"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::transport::shutdown;
+    use std::time::Duration;
+
+    /// Far beyond anything these tests wait for; reaching it is a failure.
+    const PATIENCE: Duration = Duration::from_secs(15);
+
+    fn loopback() -> UdpConfig {
+        UdpConfig {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            broadcast: None,
+            multicast_interface: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_with_no_listener_for_the_address_family_is_counted() {
+        let (datagrams, _rx) = mpsc::channel(1);
+        let (_trigger, shutdown) = shutdown::channel();
+        let mut udp = UdpTransport::bind(&[loopback()], datagrams, &shutdown).unwrap();
+        udp.send_to("[::1]:1884".parse().unwrap(), &[0x02, 0x16])
+            .await;
+        assert_eq!(udp.send_errors(), 1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_an_idle_reader_and_frees_the_port() {
+        let (datagrams, _rx) = mpsc::channel(1);
+        let (trigger, shutdown) = shutdown::channel();
+        let mut udp = UdpTransport::bind(&[loopback()], datagrams, &shutdown).unwrap();
+        let addr = udp.local_addrs()[0];
+        // Let the reader start waiting for a datagram that never comes.
+        tokio::task::yield_now().await;
+        trigger.fire();
+        tokio::time::timeout(PATIENCE, udp.shutdown())
+            .await
+            .expect("the reader ends on the signal");
+        drop(udp);
+        std::net::UdpSocket::bind(addr).unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_reader_waiting_for_room_in_the_queue() {
+        // The driver's queue is full and stays so: the driver reads no more once it shuts down.
+        let (datagrams, _rx) = mpsc::channel(1);
+        let from = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        let queued = Datagram {
+            listener: 0,
+            from,
+            bytes: Bytes::from_static(&[0x02, 0x16]),
+        };
+        datagrams.try_send(queued).unwrap();
+        let (trigger, shutdown) = shutdown::channel();
+        let mut udp = UdpTransport::bind(&[loopback()], datagrams, &shutdown).unwrap();
+        tokio::task::yield_now().await;
+        trigger.fire();
+        tokio::time::timeout(PATIENCE, udp.shutdown())
+            .await
+            .expect("the reader ends on the signal");
     }
 }

@@ -58,7 +58,7 @@ fn without_clean_stop(mut transcript: Transcript) -> Transcript {
 /// The broker is first given the retained message the recorded subscriber received.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_fixtures_replay_against_a_fresh_gateway() {
-    use mqttsn_gateway::replay_tool::{replay as replay_udp, ReplayOptions};
+    use mqttsn_gateway::replay::{replay as replay_udp, ReplayOptions};
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recorded");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

@@ -1,10 +1,15 @@
 //! One task per `[[serial]]` port: opens the port (and reopens it after it disappears, e.g. a USB
 //! adapter unplugged, with backoff), turns the byte stream into MQTT-SN frames with the port's
 //! framing, and writes frames for devices behind it. Other transports keep running meanwhile.
+//!
+//! The tasks belong to the [`SerialTransport`] and end on the driver's shutdown signal, after
+//! writing the frames still queued for their port (within [`DRAIN_TIMEOUT`]); each closes its
+//! tty as it ends, so once [`SerialTransport::shutdown`] has returned no port is held open.
 
 use super::framing::xbee::{ApiMode, XbeeCodec};
 use super::framing::{raw::RawCodec, slip::SlipCodec, Deframer, Encoder, RadioAddr, Received};
 use crate::config::{Framing, Parity, SerialConfig};
+use crate::transport::shutdown::Shutdown;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -12,13 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_serial::SerialPortBuilderExt;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
 /// First delay before reopening a port that is missing or failed; doubles up to the cap.
 const REOPEN_MIN: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
 /// Frames waiting to be written to one port.
 const OUT_QUEUE: usize = 1024;
+/// Longest a port spends at shutdown writing the frames still queued for it: a line that does
+/// not take them (a stalled UART, a pty nobody reads) must not hold up the stop.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A frame from a device behind a serial port.
 #[derive(Debug)]
@@ -46,7 +56,8 @@ pub struct PortStats {
     pub frames_out: AtomicU64,
     /// Line noise, bad checksums or CRCs, oversize or unsupported frames (see the debug log).
     pub dropped_in: AtomicU64,
-    /// Frames not sent: too long for the radio, or the port was missing.
+    /// Frames not sent: too long for the radio, the port was missing, its queue was full (the
+    /// line is slower than the traffic for it), or the shutdown came before the line took them.
     pub dropped_out: AtomicU64,
     /// XBee transmit status reports of failed deliveries.
     pub delivery_failures: AtomicU64,
@@ -56,38 +67,57 @@ pub struct PortStats {
 pub struct SerialTransport {
     ports: Vec<mpsc::Sender<Outbound>>,
     stats: Vec<(String, Arc<PortStats>)>,
-    /// Frames not queued because a port's queue was full (the port is gone or too slow).
-    pub dropped: u64,
+    /// One task per port.
+    tasks: JoinSet<()>,
 }
 
 impl SerialTransport {
-    /// Starts a task per port, feeding `inbound`. Must be called within a tokio runtime.
-    pub fn start(configs: &[SerialConfig], inbound: mpsc::Sender<SerialInbound>) -> Self {
+    /// Starts a task per port, feeding `inbound` until `shutdown` fires. Must be called within
+    /// a tokio runtime.
+    pub fn start(
+        configs: &[SerialConfig],
+        inbound: mpsc::Sender<SerialInbound>,
+        shutdown: &Shutdown,
+    ) -> Self {
         let mut ports = Vec::with_capacity(configs.len());
         let mut stats = Vec::with_capacity(configs.len());
+        let mut tasks = JoinSet::new();
         for (index, config) in configs.iter().enumerate() {
             let (tx, rx) = mpsc::channel(OUT_QUEUE);
             let port_stats = Arc::new(PortStats::default());
             stats.push((config.port.clone(), port_stats.clone()));
-            tokio::spawn(run_port(
-                index as u16,
-                config.clone(),
-                rx,
-                inbound.clone(),
-                port_stats,
-            ));
+            let port = Port {
+                index: index as u16,
+                config: config.clone(),
+                outbound: rx,
+                inbound: inbound.clone(),
+                stats: port_stats,
+                shutdown: shutdown.clone(),
+                short_addr: HashMap::new(),
+            };
+            tasks.spawn(port.run());
             ports.push(tx);
         }
         SerialTransport {
             ports,
             stats,
-            dropped: 0,
+            tasks,
         }
     }
 
     /// Each port's name and totals.
     pub fn stats(&self) -> &[(String, Arc<PortStats>)] {
         &self.stats
+    }
+
+    /// Waits for the port tasks, which end once the shutdown signal has fired (fire it first):
+    /// each writes what is queued for its port, within [`DRAIN_TIMEOUT`], and closes the port.
+    pub async fn shutdown(&mut self) {
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(error) = result {
+                tracing::error!(%error, "serial port task failed");
+            }
+        }
     }
 
     /// Queues a frame for `radio` (0: the port has no addresses) behind `port`.
@@ -107,12 +137,15 @@ impl SerialTransport {
     }
 
     fn queue(&mut self, port: usize, to: Option<u64>, bytes: Bytes) {
-        let Some(tx) = self.ports.get(port) else {
-            self.dropped += 1;
+        let (Some(tx), Some((_, stats))) = (self.ports.get(port), self.stats.get(port)) else {
+            // The engine only answers ports that sent it frames, so this is a bug, not traffic.
+            tracing::warn!(port, "frame for a serial port that does not exist");
             return;
         };
+        // Full: the port is missing or slower than the traffic for it. Closed: its task ended,
+        // which only a shutdown does.
         if tx.try_send(Outbound { to, bytes }).is_err() {
-            self.dropped += 1;
+            stats.dropped_out.fetch_add(1, Relaxed);
         }
     }
 }
@@ -162,97 +195,310 @@ fn open(config: &SerialConfig) -> tokio_serial::Result<tokio_serial::SerialStrea
         .open_native_async()
 }
 
-async fn run_port(
+/// One port's task: everything it owns, so that the stream (the open tty) is its only IO.
+struct Port {
     index: u16,
     config: SerialConfig,
-    mut outbound: mpsc::Receiver<Outbound>,
+    outbound: mpsc::Receiver<Outbound>,
     inbound: mpsc::Sender<SerialInbound>,
     stats: Arc<PortStats>,
-) {
-    let mut delay = REOPEN_MIN;
-    let mut reported_missing = false;
-    // The 16-bit network address last seen for each radio, so replies need no address discovery.
-    let mut short_addr: HashMap<u64, u16> = HashMap::new();
-    loop {
-        let mut stream = match open(&config) {
-            Ok(stream) => stream,
-            Err(e) => {
-                if !reported_missing {
-                    tracing::warn!(port = %config.port, error = %e, "serial port unavailable; retrying");
-                    reported_missing = true;
+    shutdown: Shutdown,
+    /// The 16-bit network address last seen for each radio, so replies need no address discovery.
+    short_addr: HashMap<u64, u16>,
+}
+
+/// How a spell with the port open ended.
+enum Ended {
+    /// The line closed or failed (a USB adapter unplugged, say): reopen it.
+    Lost,
+    /// Shutdown, or the driver is gone: the task ends.
+    Stop,
+}
+
+impl Port {
+    /// Opens the port, serves it, and reopens it when it is lost, until shutdown.
+    async fn run(mut self) {
+        let mut delay = REOPEN_MIN;
+        let mut reported_missing = false;
+        loop {
+            let stream = match open(&self.config) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if !reported_missing {
+                        let port = &self.config.port;
+                        tracing::warn!(%port, error = %e, "serial port unavailable; retrying");
+                        reported_missing = true;
+                    }
+                    // Frames for devices behind a missing port cannot be delivered: discard them.
+                    self.discard_queued();
+                    tokio::select! {
+                        () = self.shutdown.recv() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(REOPEN_MAX);
+                    continue;
                 }
-                // Frames for devices behind a missing port cannot be delivered: discard them.
-                while outbound.try_recv().is_ok() {
-                    stats.dropped_out.fetch_add(1, Relaxed);
+            };
+            tracing::info!(port = %self.config.port, baud = self.config.baud, "serial port open");
+            reported_missing = false;
+            delay = REOPEN_MIN;
+            // The stream is moved in and dropped on the way out, which closes the tty.
+            match self.serve(stream).await {
+                Ended::Lost => {
+                    tracing::warn!(port = %self.config.port, "serial port lost; reopening")
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(REOPEN_MAX);
-                continue;
+                Ended::Stop => break,
             }
-        };
-        tracing::info!(port = %config.port, baud = config.baud, "serial port open");
-        reported_missing = false;
-        delay = REOPEN_MIN;
-        let mut codec = codec(&config);
+        }
+        // What the line did not take before the shutdown.
+        self.discard_queued();
+    }
+
+    /// Moves frames both ways while the port is open. On shutdown, first writes what is still
+    /// queued, within [`DRAIN_TIMEOUT`].
+    async fn serve(&mut self, mut stream: SerialStream) -> Ended {
+        let mut codec = codec(&self.config);
         let mut read_buf = vec![0u8; 4096];
         let mut write_buf = BytesMut::with_capacity(4096);
-        loop {
+        let deadline = 'serve: loop {
+            // All three are cancel safe: a read or a receive that loses the race takes nothing.
             tokio::select! {
+                () = self.shutdown.recv() => break Instant::now() + DRAIN_TIMEOUT,
                 read = stream.read(&mut read_buf) => {
                     let n = match read {
-                        Ok(0) | Err(_) => break,
+                        Ok(0) | Err(_) => return Ended::Lost,
                         Ok(n) => n,
                     };
                     codec.push(&read_buf[..n]);
                     while let Some(item) = codec.next() {
-                        match item {
-                            Received::Frame(frame) => {
-                                stats.frames_in.fetch_add(1, Relaxed);
-                                if let Some(radio) = frame.source {
-                                    short_addr.insert(radio.addr64, radio.addr16);
-                                }
-                                let msg = SerialInbound { port: index, radio: frame.source, bytes: frame.payload };
-                                if inbound.send(msg).await.is_err() {
-                                    return; // the driver is gone
-                                }
-                            }
-                            Received::TxStatus { delivery, addr16, .. } if delivery != 0 => {
-                                stats.delivery_failures.fetch_add(1, Relaxed);
-                                tracing::warn!(port = %config.port, addr16, delivery, "radio delivery failed");
-                            }
-                            Received::Dropped(reason) => {
-                                stats.dropped_in.fetch_add(1, Relaxed);
-                                tracing::debug!(port = %config.port, %reason, "serial frame dropped");
-                            }
-                            Received::ModemStatus(status) => {
-                                // 0 hardware reset, 1 watchdog reset, 2 joined, 3 disassociated...
-                                tracing::info!(port = %config.port, status, "radio modem status");
-                            }
-                            Received::TxStatus { .. } => {}
+                        if !self.received(item).await {
+                            break 'serve Instant::now() + DRAIN_TIMEOUT;
                         }
                     }
                 }
-                Some(out) = outbound.recv() => {
-                    write_buf.clear();
-                    let to = out.to.map(|addr64| RadioAddr {
-                        addr64,
-                        addr16: short_addr.get(&addr64).copied().unwrap_or(0xFFFE),
-                    });
-                    match codec.encode(&out.bytes, to, &mut write_buf) {
-                        Ok(()) => {
-                            if stream.write_all(&write_buf).await.is_err() {
-                                break;
+                Some(out) = self.outbound.recv() => {
+                    if !self.encode(&mut *codec, &out, &mut write_buf) {
+                        continue;
+                    }
+                    // `write_all` is not cancel safe (it would cut the frame), so a shutdown
+                    // does not cancel it; it only bounds how long the line may take.
+                    let write = stream.write_all(&write_buf);
+                    tokio::pin!(write);
+                    let (written, stopping) = tokio::select! {
+                        written = &mut write => (written, None),
+                        () = self.shutdown.recv() => {
+                            let deadline = Instant::now() + DRAIN_TIMEOUT;
+                            match tokio::time::timeout_at(deadline, &mut write).await {
+                                Ok(written) => (written, Some(deadline)),
+                                Err(_) => {
+                                    // Cut mid-frame: nothing may follow it on the line.
+                                    self.stats.dropped_out.fetch_add(1, Relaxed);
+                                    self.too_slow_at_shutdown();
+                                    return Ended::Stop;
+                                }
                             }
-                            stats.frames_out.fetch_add(1, Relaxed);
                         }
-                        Err(e) => {
-                            stats.dropped_out.fetch_add(1, Relaxed);
-                            tracing::warn!(port = %config.port, error = %e, "frame not sent");
-                        }
+                    };
+                    if written.is_err() {
+                        return match stopping {
+                            None => Ended::Lost,
+                            // The task ends anyway: no need to reopen the line for the last frames.
+                            Some(_) => {
+                                self.stats.dropped_out.fetch_add(1, Relaxed);
+                                Ended::Stop
+                            }
+                        };
+                    }
+                    self.stats.frames_out.fetch_add(1, Relaxed);
+                    if let Some(deadline) = stopping {
+                        break deadline;
                     }
                 }
             }
+        };
+        self.write_queued(&mut stream, &mut *codec, &mut write_buf, deadline)
+            .await;
+        Ended::Stop
+    }
+
+    /// Handles one item from the line. False: the task must end.
+    async fn received(&mut self, item: Received) -> bool {
+        let port = &self.config.port;
+        match item {
+            Received::Frame(frame) => {
+                self.stats.frames_in.fetch_add(1, Relaxed);
+                if let Some(radio) = frame.source {
+                    self.short_addr.insert(radio.addr64, radio.addr16);
+                }
+                // A place in the driver's queue, waiting while it is full; the driver reads no
+                // more once it shuts down, so the shutdown must end this wait too.
+                let permit = tokio::select! {
+                    permit = self.inbound.reserve() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return false, // the driver is gone
+                    },
+                    () = self.shutdown.recv() => return false,
+                };
+                permit.send(SerialInbound {
+                    port: self.index,
+                    radio: frame.source,
+                    bytes: frame.payload,
+                });
+            }
+            Received::TxStatus {
+                delivery, addr16, ..
+            } if delivery != 0 => {
+                self.stats.delivery_failures.fetch_add(1, Relaxed);
+                tracing::warn!(port = %port, addr16, delivery, "radio delivery failed");
+            }
+            Received::Dropped(reason) => {
+                self.stats.dropped_in.fetch_add(1, Relaxed);
+                tracing::debug!(port = %port, %reason, "serial frame dropped");
+            }
+            Received::ModemStatus(status) => {
+                // 0 hardware reset, 1 watchdog reset, 2 joined, 3 disassociated...
+                tracing::info!(port = %port, status, "radio modem status");
+            }
+            Received::TxStatus { .. } => {}
         }
-        tracing::warn!(port = %config.port, "serial port lost; reopening");
+        true
+    }
+
+    /// Encodes `out` into `buf` with the port's framing. False: it cannot be sent (counted).
+    fn encode(&self, codec: &mut dyn LineCodec, out: &Outbound, buf: &mut BytesMut) -> bool {
+        buf.clear();
+        let to = out.to.map(|addr64| RadioAddr {
+            addr64,
+            addr16: self.short_addr.get(&addr64).copied().unwrap_or(0xFFFE),
+        });
+        match codec.encode(&out.bytes, to, buf) {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats.dropped_out.fetch_add(1, Relaxed);
+                tracing::warn!(port = %self.config.port, error = %e, "frame not sent");
+                false
+            }
+        }
+    }
+
+    /// At shutdown: writes the frames still queued (the engine's last replies) until
+    /// `deadline`. What is left then is counted as dropped when the task ends.
+    async fn write_queued(
+        &mut self,
+        stream: &mut SerialStream,
+        codec: &mut dyn LineCodec,
+        buf: &mut BytesMut,
+        deadline: Instant,
+    ) {
+        let drain = async {
+            // The driver queued its last frames before firing the signal, so they are all here.
+            while let Ok(out) = self.outbound.try_recv() {
+                if self.encode(codec, &out, buf) {
+                    if let Err(error) = stream.write_all(buf).await {
+                        self.stats.dropped_out.fetch_add(1, Relaxed);
+                        return Err(error);
+                    }
+                    self.stats.frames_out.fetch_add(1, Relaxed);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout_at(deadline, drain).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(port = %self.config.port, %error, "serial write failed at shutdown")
+            }
+            Err(_) => {
+                // The frame being written was cut.
+                self.stats.dropped_out.fetch_add(1, Relaxed);
+                self.too_slow_at_shutdown();
+            }
+        }
+    }
+
+    fn too_slow_at_shutdown(&self) {
+        let port = &self.config.port;
+        let timeout = DRAIN_TIMEOUT;
+        tracing::warn!(%port, ?timeout, "serial port did not take its last frames in time");
+    }
+
+    /// Discards the frames queued for the port, counting them as dropped.
+    fn discard_queued(&mut self) {
+        while self.outbound.try_recv().is_ok() {
+            self.stats.dropped_out.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::transport::shutdown;
+    use tokio_serial::SerialPort;
+
+    /// Far beyond anything these tests wait for; reaching it is a failure.
+    const PATIENCE: Duration = Duration::from_secs(15);
+    /// A PINGRESP: the smallest frame.
+    const FRAME: [u8; 2] = [0x02, 0x17];
+
+    fn raw_port(port: &str) -> SerialConfig {
+        SerialConfig {
+            port: port.to_string(),
+            baud: 115_200,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            framing: Framing::Raw,
+            max_payload: None,
+        }
+    }
+
+    // On the current-thread runtime the port task does not run before the test awaits, so the
+    // queue is exactly as the test fills it.
+    #[tokio::test]
+    async fn frames_beyond_a_full_queue_are_counted_and_a_missing_port_stops_on_shutdown() {
+        let (inbound, _rx) = mpsc::channel(1);
+        let (trigger, shutdown) = shutdown::channel();
+        let config = raw_port("/nonexistent/ttyMQTTSN");
+        let mut serial = SerialTransport::start(&[config], inbound, &shutdown);
+        for _ in 0..OUT_QUEUE + 3 {
+            serial.send(0, 0, &FRAME);
+        }
+        let stats = serial.stats()[0].1.clone();
+        assert_eq!(stats.dropped_out.load(Relaxed), 3);
+        // The task finds the port missing, discards the queue and waits to retry: the signal
+        // must end that wait.
+        trigger.fire();
+        tokio::time::timeout(PATIENCE, serial.shutdown())
+            .await
+            .expect("the port task ends on the signal");
+        assert_eq!(stats.dropped_out.load(Relaxed), OUT_QUEUE as u64 + 3);
+    }
+
+    #[tokio::test]
+    async fn frames_queued_before_the_shutdown_are_still_written() {
+        let (mut line, device) = SerialStream::pair().unwrap();
+        let (inbound, _rx) = mpsc::channel(1);
+        let (trigger, shutdown) = shutdown::channel();
+        let config = raw_port(&device.name().unwrap());
+        let mut serial = SerialTransport::start(&[config], inbound, &shutdown);
+        serial.send(0, 0, &FRAME);
+        trigger.fire();
+        tokio::time::timeout(PATIENCE, serial.shutdown())
+            .await
+            .expect("the port task ends on the signal");
+        eprintln!("DEBUG {:?}", serial.stats()[0].1);
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(PATIENCE, line.read(&mut buf))
+            .await
+            .expect("the frame on the line")
+            .unwrap();
+        assert_eq!(&buf[..n], FRAME);
+        assert_eq!(serial.stats()[0].1.frames_out.load(Relaxed), 1);
+        // The test's own handle kept the line up until here, so that reading it above did not
+        // race the gateway's end closing.
+        drop(device);
     }
 }

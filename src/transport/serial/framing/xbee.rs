@@ -116,6 +116,9 @@ pub struct XbeeCodec {
     /// The previous octet was an escape (API mode 2).
     escaped: bool,
     garbage: GarbageRun,
+    /// Turns a verified frame's data into an item: [`decode`] on the gateway's side of the line,
+    /// [`decode_from_host`] inside a [`TxRequestDeframer`] on the radio's side.
+    decode: fn(&[u8]) -> Received,
 }
 
 impl XbeeCodec {
@@ -133,6 +136,7 @@ impl XbeeCodec {
             frame: Vec::new(),
             escaped: false,
             garbage: GarbageRun::default(),
+            decode,
         }
     }
 
@@ -229,7 +233,7 @@ impl XbeeCodec {
                 let data = &self.frame[2..];
                 let sum = data.iter().fold(0u8, |sum, &b| sum.wrapping_add(b));
                 let (item, consumed) = if sum == 0xFF {
-                    (decode(&data[..len]), self.pos)
+                    ((self.decode)(&data[..len]), self.pos)
                 } else if self.mode == ApiMode::Unescaped {
                     (Received::Dropped(DropReason::BadChecksum), 1)
                 } else {
@@ -384,21 +388,134 @@ impl Encoder for XbeeCodec {
         header[2..10].copy_from_slice(&dest.addr64.to_be_bytes());
         header[10..12].copy_from_slice(&dest.addr16.to_be_bytes());
         // header[12], broadcast radius 0: the network maximum. header[13], options 0.
-        let sum = header
-            .iter()
-            .chain(payload)
-            .fold(0u8, |sum, &b| sum.wrapping_add(b));
         // `with_payload_limit` keeps the length within 16 bits.
-        let len = (TX_HEADER + payload.len()) as u16;
-
-        out.reserve(1 + 2 * (TX_HEADER + payload.len() + ENVELOPE));
-        out.extend_from_slice(&[START]);
-        put_escaped(self.mode, &len.to_be_bytes(), out);
-        put_escaped(self.mode, &header, out);
-        put_escaped(self.mode, payload, out);
-        put_escaped(self.mode, &[0xFF - sum], out);
+        put_api_frame(self.mode, &header, payload, out);
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The radio's side of the line, for tools and tests that stand in for the coordinator radio
+// (the replay tool's XBee emulator): they write what the gateway's deframer reads and read what
+// its encoder writes, with this codec's layouts and deframer rather than copies of them.
+
+/// Receive options of the Receive Packets [`encode_rx_packet`] writes: 0x01, packet
+/// acknowledged, as for a unicast from a node to the coordinator.
+const RX_OPTIONS_ACKNOWLEDGED: u8 = 0x01;
+
+/// Appends a 0x90 ZigBee Receive Packet from `from` carrying `payload` (receive options 0x01,
+/// acknowledged), framed for `mode`: what a coordinator radio writes to its host when a node's
+/// frame arrives. Fails on an empty payload or one over the 65523 octets the length field
+/// leaves; on error nothing is appended.
+pub fn encode_rx_packet(
+    mode: ApiMode,
+    from: RadioAddr,
+    payload: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    super::check_payload(payload, usize::from(u16::MAX) - RX_HEADER)?;
+    let mut header = [0u8; RX_HEADER];
+    header[0] = RX_PACKET;
+    header[1..9].copy_from_slice(&from.addr64.to_be_bytes());
+    header[9..11].copy_from_slice(&from.addr16.to_be_bytes());
+    header[11] = RX_OPTIONS_ACKNOWLEDGED;
+    put_api_frame(mode, &header, payload, out);
+    Ok(())
+}
+
+/// Appends one API frame whose data is `header` then `payload`: start delimiter, length, data
+/// and checksum, escaped for `mode`. The caller keeps the data within the 16-bit length. (The
+/// Transmit Request encoder above writes the same envelope inline.)
+fn put_api_frame(mode: ApiMode, header: &[u8], payload: &[u8], out: &mut BytesMut) {
+    let sum = header
+        .iter()
+        .chain(payload)
+        .fold(0u8, |sum, &b| sum.wrapping_add(b));
+    let len = (header.len() + payload.len()) as u16;
+    out.reserve(1 + 2 * (header.len() + payload.len() + ENVELOPE));
+    out.extend_from_slice(&[START]);
+    put_escaped(mode, &len.to_be_bytes(), out);
+    put_escaped(mode, header, out);
+    put_escaped(mode, payload, out);
+    put_escaped(mode, &[0xFF - sum], out);
+}
+
+/// A 0x10 Transmit Request as the radio reads it from its host: RF data for a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxRequest {
+    /// The destination: one node, or [`RadioAddr::BROADCAST`].
+    pub to: RadioAddr,
+    /// The RF data: one MQTT-SN frame, possibly forwarder-encapsulated.
+    pub payload: Bytes,
+}
+
+/// Recovers the Transmit Requests a host writes (the gateway's [`XbeeCodec`] encoder), with the
+/// unescaping, checksum and resynchronisation of the gateway's own deframer. Frames of other
+/// types, requests with no RF data, bad checksums and line noise are skipped. Any length the
+/// 16-bit field allows is accepted, since the host's payload limit is configurable up to that.
+///
+/// It is an iterator over the requests recoverable from the bytes pushed so far: after it
+/// returns `None`, push more bytes and iterate again.
+#[derive(Debug, Clone)]
+pub struct TxRequestDeframer {
+    codec: XbeeCodec,
+}
+
+impl TxRequestDeframer {
+    /// A deframer for the given API mode.
+    pub fn new(mode: ApiMode) -> Self {
+        let codec = XbeeCodec {
+            decode: decode_from_host,
+            ..XbeeCodec::new(mode)
+        };
+        TxRequestDeframer {
+            codec: codec.with_max_len(usize::from(u16::MAX)),
+        }
+    }
+
+    /// Appends bytes read from the line; any split of the stream into pushes gives the same
+    /// requests.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.codec.push(bytes);
+    }
+}
+
+impl Iterator for TxRequestDeframer {
+    type Item = TxRequest;
+
+    fn next(&mut self) -> Option<TxRequest> {
+        loop {
+            // `decode_from_host` puts a request's destination where a received frame has its
+            // source, so that the deframer's item type serves both sides of the line.
+            if let Received::Frame(RxFrame {
+                source: Some(to),
+                payload,
+            }) = self.codec.next()?
+            {
+                return Some(TxRequest { to, payload });
+            }
+        }
+    }
+}
+
+/// [`decode`] for the radio's side of the line: a Transmit Request becomes a frame whose
+/// `source` is the request's destination (see [`TxRequestDeframer`]); frames a host does not
+/// send are unsupported.
+fn decode_from_host(data: &[u8]) -> Received {
+    let frame_type = data.first().copied().unwrap_or_default();
+    if frame_type != TX_REQUEST {
+        return Received::Dropped(DropReason::Unsupported { frame_type });
+    }
+    if data.len() <= TX_HEADER {
+        return Received::Dropped(DropReason::Malformed { frame_type });
+    }
+    Received::Frame(RxFrame {
+        source: Some(RadioAddr {
+            addr64: be(&data[2..10]),
+            addr16: be(&data[10..12]) as u16,
+        }),
+        payload: Bytes::copy_from_slice(&data[TX_HEADER..]),
+    })
 }
 
 #[cfg(test)]
@@ -912,6 +1029,88 @@ mod tests {
         assert_eq!(&out[1..3], [0xFF, 0xFF]);
     }
 
+    #[test]
+    fn encodes_receive_packets_as_a_coordinator_does() {
+        // The hand-computed Receive Packets above all carry options 01, as the encoder writes.
+        for (from, payload, mode1, mode2) in [
+            (NODE, &[0x02, 0x17][..], RX_02_17, RX_02_17_MODE2),
+            (DIGI_NODE, &b"RxData"[..], DIGI_RX_MODE1, DIGI_RX_MODE2),
+            (NODE, SPECIAL_PAYLOAD, SPECIAL_MODE1, SPECIAL_MODE2),
+        ] {
+            for (mode, expected) in [(ApiMode::Unescaped, mode1), (ApiMode::Escaped, mode2)] {
+                let mut out = BytesMut::new();
+                encode_rx_packet(mode, from, payload, &mut out).unwrap();
+                assert_eq!(&out[..], expected, "{mode:?}");
+            }
+        }
+        let mut out = BytesMut::new();
+        let mode = ApiMode::Unescaped;
+        assert_eq!(
+            encode_rx_packet(mode, NODE, &[], &mut out),
+            Err(EncodeError::Empty)
+        );
+        // 12 header octets plus 65523 fill the length field.
+        assert_eq!(
+            encode_rx_packet(mode, NODE, &vec![0; 65524], &mut out),
+            Err(EncodeError::TooLong {
+                len: 65524,
+                max: 65523
+            })
+        );
+        assert!(out.is_empty());
+        encode_rx_packet(mode, NODE, &vec![0; 65523], &mut out).unwrap();
+        assert_eq!(&out[1..3], [0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn transmit_requests_decode_on_the_radios_side() {
+        let digi = TxRequest {
+            to: RadioAddr::from_addr64(0x0013_A200_400A_0127),
+            payload: Bytes::from_static(b"TxData0A"),
+        };
+        // Digi's example, written independently of the encoder.
+        let mut d = TxRequestDeframer::new(ApiMode::Unescaped);
+        d.push(DIGI_TX_MODE1);
+        assert_eq!(d.next(), Some(digi.clone()));
+        assert_eq!(d.next(), None);
+
+        let long = vec![0x7E; 600];
+        for mode in MODES {
+            let mut c = XbeeCodec::new(mode).with_payload_limit(1000);
+            let mut stream = BytesMut::from(&[0x11, 0x22][..]); // line noise
+            c.encode(b"TxData0A", Some(digi.to), &mut stream).unwrap();
+            // A Receive Packet and a Modem Status: frames a host never sends.
+            stream.extend_from_slice(rx_02_17(mode));
+            stream.extend_from_slice(MODEM_STARTED);
+            // A request with no RF data.
+            let empty = [0x10, 0x05, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFE, 0, 0];
+            stream.extend_from_slice(&api_frame(mode, &empty));
+            c.encode(&[0x02, 0x16], None, &mut stream).unwrap();
+            // Longer than the gateway's deframer accepts by default.
+            c.encode(&long, Some(NODE), &mut stream).unwrap();
+            let expected = vec![
+                digi.clone(),
+                TxRequest {
+                    to: RadioAddr::BROADCAST,
+                    payload: Bytes::from_static(&[0x02, 0x16]),
+                },
+                TxRequest {
+                    to: NODE,
+                    payload: Bytes::from(long.clone()),
+                },
+            ];
+            for split in 0..=stream.len() {
+                let mut d = TxRequestDeframer::new(mode);
+                let mut got = Vec::new();
+                for chunk in [&stream[..split], &stream[split..]] {
+                    d.push(chunk);
+                    got.extend(&mut d);
+                }
+                assert_eq!(got, expected, "{mode:?}, split at {split}");
+            }
+        }
+    }
+
     fn radio_addr() -> impl Strategy<Value = RadioAddr> {
         (any::<u64>(), any::<u16>()).prop_map(|(a, b)| RadioAddr::new(a, b))
     }
@@ -1025,6 +1224,61 @@ mod tests {
             let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
             // feed_chunks asserts the buffer cap after every push.
             feed_chunks(&mut d, &refs);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn receive_packets_from_the_radios_side_reach_the_gateway(
+            packets in proptest::collection::vec(
+                (radio_addr(), proptest::collection::vec(octet(), 1..100)),
+                0..6,
+            ),
+            mode in mode(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut stream = BytesMut::new();
+            for (from, payload) in &packets {
+                encode_rx_packet(mode, *from, payload, &mut stream).unwrap();
+            }
+            let at = cut.index(stream.len() + 1);
+            let mut d = XbeeCodec::new(mode);
+            let items = feed_chunks(&mut d, &[&stream[..at], &stream[at..]]);
+            let expected: Vec<Received> = packets
+                .iter()
+                .map(|(from, payload)| frame(*from, payload))
+                .collect();
+            prop_assert_eq!(items, expected);
+        }
+
+        #[test]
+        fn transmit_requests_from_the_gateway_reach_the_radios_side(
+            requests in proptest::collection::vec(
+                (proptest::option::of(radio_addr()), proptest::collection::vec(octet(), 1..=72)),
+                0..6,
+            ),
+            mode in mode(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut c = XbeeCodec::new(mode);
+            let mut stream = BytesMut::new();
+            for (to, payload) in &requests {
+                c.encode(payload, *to, &mut stream).unwrap();
+            }
+            let at = cut.index(stream.len() + 1);
+            let mut d = TxRequestDeframer::new(mode);
+            d.push(&stream[..at]);
+            let mut got: Vec<TxRequest> = d.by_ref().collect();
+            d.push(&stream[at..]);
+            got.extend(&mut d);
+            let expected: Vec<TxRequest> = requests
+                .iter()
+                .map(|(to, payload)| TxRequest {
+                    to: to.unwrap_or(RadioAddr::BROADCAST),
+                    payload: Bytes::copy_from_slice(payload),
+                })
+                .collect();
+            prop_assert_eq!(got, expected);
         }
     }
 }

@@ -8,11 +8,13 @@ use mqttsn_gateway::codec::*;
 use mqttsn_gateway::config::Framing;
 use mqttsn_gateway::driver::{self, Recording, Running};
 use mqttsn_gateway::record::pcap::PcapWriter;
+use mqttsn_gateway::record::pcap_reader::transcript_from_pcap;
 use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
-use mqttsn_gateway::replay_tool::{replay, replay_serial, transcript_from_pcap, ReplayOptions};
+use mqttsn_gateway::replay::{replay, replay_serial, ReplayOptions};
 use mqttsn_gateway::time::Instant;
 use mqttsn_gateway::transcript::{Direction, PeerKind, Transcript};
-use mqttsn_gateway::transport::serial::framing::{raw::RawCodec, Deframer, Received};
+use mqttsn_gateway::transport::serial::framing::xbee::{ApiMode, XbeeCodec};
+use mqttsn_gateway::transport::serial::framing::{raw::RawCodec, Deframer, Encoder, Received};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -354,6 +356,91 @@ async fn a_transcript_replays_over_a_raw_serial_line_and_an_edit_is_reported() {
             assert!(
                 difference.contains("first difference at byte 2"),
                 "{difference}"
+            );
+        }
+        gateway.abort();
+        drop(device);
+    }
+}
+
+/// A fake gateway on the far end of an XBee API line, with the gateway's own XBee codec:
+/// answers CONNECT with CONNACK and PINGREQ with PINGRESP, each after an ADVERTISE broadcast,
+/// to the radio that asked, if it is one of `radios`; until the line closes.
+async fn fake_xbee_gateway(mut line: tokio_serial::SerialStream, mode: ApiMode, radios: [u64; 2]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut codec = XbeeCodec::new(mode);
+    let mut buf = [0u8; 512];
+    loop {
+        let n = match line.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        codec.push(&buf[..n]);
+        while let Some(item) = codec.next() {
+            let Received::Frame(frame) = item else {
+                continue;
+            };
+            if !frame.source.is_some_and(|s| radios.contains(&s.addr64)) {
+                continue;
+            }
+            let answer: &[u8] = match Message::decode(&frame.payload) {
+                Ok(Message::Connect(_)) => &[3, 0x05, 0x00],
+                Ok(Message::PingReq { .. }) => &[2, 0x17],
+                _ => continue,
+            };
+            let mut out = bytes::BytesMut::new();
+            codec
+                .encode(&[5, 0x00, 0x01, 0x00, 0x3C], None, &mut out)
+                .unwrap();
+            codec.encode(answer, frame.source, &mut out).unwrap();
+            if line.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Standing in for the coordinator radio, the replay gives each device its radio address (the
+/// recorded one, else a synthetic one) and routes the gateway's answers back by destination,
+/// in both API modes; broadcasts are ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcript_replays_over_an_xbee_line_with_two_nodes() {
+    use tokio_serial::SerialPort;
+    let text = "@peer a serial serial0 0013A20040861234\n\
+                @peer b serial serial0\n\
+                0.000 a > gw 08 04 04 01 00 3C 61 31  # CONNECT a1\n\
+                0.005 gw > a 03 05 00\n\
+                0.010 b > gw 08 04 04 01 00 3C 62 31  # CONNECT b1\n\
+                0.015 gw > b 03 05 00\n\
+                0.050 a > gw 02 16\n\
+                0.055 gw > a 02 17\n\
+                0.060 b > gw 02 16\n\
+                0.065 gw > b 02 17\n";
+    let transcript = Transcript::parse(text, "xbee").unwrap();
+    // b has no recorded radio address: it gets the first synthetic one.
+    let radios = [0x0013_A200_4086_1234, 0x0013_A200_0000_0001];
+    let options = ReplayOptions {
+        answer_timeout: Duration::from_secs(2),
+        ..ReplayOptions::default()
+    };
+    for api_mode in [1u8, 2] {
+        let mode = ApiMode::try_from(api_mode).unwrap();
+        let (line, device) = tokio_serial::SerialStream::pair().expect("openpty");
+        let path = device.name().expect("pty has a name");
+        let gateway = tokio::spawn(fake_xbee_gateway(line, mode, radios));
+        let framing = Framing::XbeeApi { api_mode };
+        let report = replay_serial(&transcript, &path, 9600, framing, &options)
+            .await
+            .unwrap();
+        let rendered = report.render();
+        assert_eq!(report.differences(), 0, "API mode {api_mode}: {rendered}");
+        let names: Vec<&str> = report.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "{rendered}");
+        for dev in &report.devices {
+            assert_eq!(
+                (dev.sent, dev.expected, dev.matched),
+                (2, 2, 2),
+                "{rendered}"
             );
         }
         gateway.abort();
