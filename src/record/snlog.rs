@@ -299,11 +299,16 @@ impl FileState {
             }
             return Ok(());
         }
-        if let Endpoint::Broker { conn, .. } = &event.peer {
-            // A connection opened, closed or replaced: what was half received belongs to the
-            // old byte stream, and the new one starts on a packet boundary. The half packet is
-            // still written, raw, so that a broker cutting off mid-packet can be seen.
-            for inbound in [true, false] {
+        if let (Endpoint::Broker { conn, .. }, Payload::Control(control)) =
+            (&event.peer, &event.payload)
+        {
+            // A connection opened, closed or replaced: what was half sent or received belongs
+            // to the old byte stream, and the new one starts on a packet boundary. The half
+            // packet is still written, raw, so that a broker cutting off mid-packet can be seen.
+            // Our own close does not end what the broker sends: a graceful close reads on until
+            // the broker's FIN, so the inbound stream ends only with the transport (or a new one).
+            let inbound_ends = event.inbound || *control == Control::Open;
+            for inbound in [true, false].into_iter().filter(|&i| !i || inbound_ends) {
                 let Some(rest) = self.partial.remove(&(*conn, inbound)) else {
                     continue;
                 };

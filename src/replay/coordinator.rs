@@ -74,13 +74,18 @@ impl Node {
 }
 
 impl Encoder for Node {
-    /// Ignores `to`: whatever a node sends through the coordinator goes to the gateway.
+    /// Ignores `to`: whatever a node sends through the coordinator goes to the gateway. An
+    /// empty frame (a zero-length datagram in a pcap) writes nothing: a radio carries no empty
+    /// packet, and the gateway would drop it anyway, so the replay goes on without it.
     fn encode(
         &mut self,
         payload: &[u8],
         _to: Option<RadioAddr>,
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
+        if payload.is_empty() {
+            return Ok(());
+        }
         xbee::encode_rx_packet(self.mode, self.from, payload, out)
     }
 }

@@ -31,7 +31,7 @@ type Inbound = io::Result<Vec<u8>>;
 pub(super) struct SerialLink {
     writer: Arc<Mutex<WriteHalf<SerialStream>>>,
     encoder: Box<dyn Encoder + Send>,
-    inbound: mpsc::UnboundedReceiver<Inbound>,
+    inbound: mpsc::Receiver<Inbound>,
 }
 
 impl SerialLink {
@@ -98,7 +98,7 @@ pub(super) fn connect(
     let mut senders = Vec::with_capacity(groups.len());
     let mut linked = Vec::with_capacity(groups.len());
     for ((_, group), encoder) in groups.into_iter().zip(encoders) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         senders.push(tx);
         let link = SerialLink {
             writer: Arc::clone(&writer),
@@ -112,6 +112,9 @@ pub(super) fn connect(
         reader: tokio::spawn(read_line(reader, line_reader, senders)),
     })
 }
+
+/// Frames from the gateway held for one replayed device until it reads them.
+const INBOUND_QUEUE: usize = 4096;
 
 /// Whether a peer is a device (anything but the broker).
 fn is_device(peer: &Peer) -> bool {
@@ -201,14 +204,14 @@ impl LineReader {
 async fn read_line(
     mut reader: ReadHalf<SerialStream>,
     mut frames: LineReader,
-    senders: Vec<mpsc::UnboundedSender<Inbound>>,
+    senders: Vec<mpsc::Sender<Inbound>>,
 ) {
     let mut buf = vec![0u8; 4096];
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) => {
                 for tx in &senders {
-                    let _ = tx.send(Err(io::Error::new(
+                    let _ = tx.try_send(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the serial line closed",
                     )));
@@ -218,7 +221,7 @@ async fn read_line(
             Ok(n) => n,
             Err(e) => {
                 for tx in &senders {
-                    let _ = tx.send(Err(io::Error::new(
+                    let _ = tx.try_send(Err(io::Error::new(
                         e.kind(),
                         format!("reading the serial line: {e}"),
                     )));
@@ -229,7 +232,15 @@ async fn read_line(
         frames.push(&buf[..n]);
         while let Some((device, frame)) = frames.next_frame() {
             if let Some(tx) = senders.get(device) {
-                let _ = tx.send(Ok(frame.to_vec()));
+                // Never waits: a device whose turn has not come must not stop the line for
+                // the others. A frame beyond the bound is dropped, and the replay reports it
+                // as missing.
+                if tx.try_send(Ok(frame.to_vec())).is_err() {
+                    tracing::warn!(
+                        device,
+                        "replay: too many unread frames for a device; dropped"
+                    );
+                }
             }
         }
     }

@@ -268,28 +268,30 @@ async fn read_loop(
     out: mpsc::Sender<Datagram>,
     mut shutdown: Shutdown,
 ) {
+    // One shutdown future for the reader's whole life, not one per datagram. Cancelling
+    // `forward` is safe at each of its awaits: see there.
+    tokio::select! {
+        () = shutdown.recv() => {}
+        () = forward(listener, &socket, &out) => {}
+    }
+}
+
+/// Moves datagrams from `socket` to the driver until the driver is gone.
+async fn forward(listener: usize, socket: &UdpSocket, out: &mpsc::Sender<Datagram>) {
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
-        // A place in the driver's queue first, then the datagram: a datagram taken from the
-        // socket is never lost to a shutdown, and a full queue leaves the datagrams in the
-        // kernel's buffer. Both waits are cancel safe.
-        let permit = tokio::select! {
-            () = shutdown.recv() => return,
-            permit = out.reserve() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return, // the driver is gone
-            },
+        // A place in the driver's queue first, then the datagram: a full queue leaves the
+        // datagrams in the kernel's buffer, and since both waits are cancel safe and nothing
+        // is awaited between receiving a datagram and queueing it, a shutdown never loses one.
+        let Ok(permit) = out.reserve().await else {
+            return; // the driver is gone
         };
         loop {
             if buf.capacity() - buf.len() < MAX_DATAGRAM {
                 buf = BytesMut::with_capacity(CHUNK);
             }
             // Receive straight into the spare capacity of the chunk.
-            let result = tokio::select! {
-                () = shutdown.recv() => return,
-                result = socket.recv_buf_from(&mut buf) => result,
-            };
-            match result {
+            match socket.recv_buf_from(&mut buf).await {
                 Ok((len, from)) => {
                     let bytes = buf.split_to(len).freeze();
                     permit.send(Datagram {

@@ -1,7 +1,7 @@
 //! End to end over real sockets: the gateway (in-process, UDP on 127.0.0.1:0) between MQTT-SN
 //! devices and a real Mosquitto started for each test, in both gateway modes.
 
-use crate::support::device::Device;
+use crate::support::device::{connect, Device};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::mqtt::Client;
 use mqttsn_gateway::codec::*;
@@ -35,33 +35,6 @@ async fn gateway(config: Config) -> (Running, SocketAddr) {
     let running = driver::start(config).await.expect("gateway starts");
     let addr = running.udp_addrs()[0];
     (running, addr)
-}
-
-/// Connects a device, retrying while the gateway's broker connection comes up (CONNACK
-/// congestion until then).
-async fn connect(device: &Device, client_id: &str, keep_alive: u16, will: bool) {
-    for _ in 0..200 {
-        device
-            .send(Message::Connect(Connect {
-                will,
-                clean_session: true,
-                duration: keep_alive,
-                client_id,
-            }))
-            .await;
-        let reply = device.recv().await;
-        match Message::decode(&reply) {
-            Ok(Message::ConnAck {
-                return_code: ReturnCode::Congestion,
-            }) => tokio::task::yield_now().await,
-            Ok(Message::ConnAck {
-                return_code: ReturnCode::Accepted,
-            }) if !will => return,
-            Ok(Message::WillTopicReq) if will => return,
-            other => panic!("unexpected answer to CONNECT: {other:?}"),
-        }
-    }
-    panic!("the gateway never accepted {client_id}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

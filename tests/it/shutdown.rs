@@ -3,52 +3,44 @@
 //! broker connection has ended with DISCONNECT and FIN. Nothing here sleeps: each check either
 //! holds right after the stop or waits, bounded by `PATIENCE`, for something the stop causes.
 
-use crate::support::device::Device;
+use crate::support::device::{connect, Device};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::PATIENCE;
 use mqttsn_gateway::codec::*;
 use mqttsn_gateway::config::Config;
 use mqttsn_gateway::driver::{self, Recording};
+use mqttsn_gateway::engine::mqtt::wire::fixed_header;
 use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
 use mqttsn_gateway::transcript::{Control, PeerKind, Transcript};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_serial::{SerialPort, SerialStream};
 
-fn connect(id: &str) -> Message<'_> {
-    Message::Connect(Connect {
-        will: false,
-        clean_session: true,
-        duration: 60,
-        client_id: id,
-    })
-}
-
-/// CONNECT until accepted: the gateway answers "congestion" while its broker connection is
-/// still coming up.
-async fn connect_until_accepted(dev: &Device, id: &str) {
-    loop {
-        dev.send(connect(id)).await;
-        match Message::decode(&dev.recv().await) {
-            Ok(Message::ConnAck {
-                return_code: ReturnCode::Accepted,
-            }) => return,
-            Ok(Message::ConnAck { .. }) => tokio::task::yield_now().await,
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-}
-
 /// Reads until the other end is gone: end of file, or an error such as the EIO a pty master
 /// gets once its slave is closed. Panics if that does not happen within [`PATIENCE`].
 async fn read_to_hang_up(what: &str, stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    read_to_end_or(what, stream, true).await
+}
+
+/// [`read_to_hang_up`] where only a clean end of file counts (a TCP FIN, not a reset).
+async fn read_to_eof(what: &str, stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    read_to_end_or(what, stream, false).await
+}
+
+async fn read_to_end_or(
+    what: &str,
+    stream: &mut (impl AsyncRead + Unpin),
+    error_ends: bool,
+) -> Vec<u8> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
     let hung_up = timeout(PATIENCE, async {
         loop {
             match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return,
                 Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(_) if error_ends => return,
+                Err(e) => panic!("{what} ended with an error, not end of file: {e}"),
             }
         }
     })
@@ -67,7 +59,7 @@ async fn the_udp_port_binds_again_right_after_the_stop() {
     let addr = gw.udp_addrs()[0];
     // A frame in and one out: the reader task is running and has the socket.
     let dev = Device::new(addr).await;
-    connect_until_accepted(&dev, "udp-dev").await;
+    connect(&dev, "udp-dev", 60, false).await;
     gw.stop().await;
     // Neither side sets SO_REUSEADDR, so this fails while any handle on the gateway's socket
     // is left (a reader task still waiting for a datagram).
@@ -109,7 +101,7 @@ async fn the_recording_is_complete_after_the_stop() {
         .await
         .unwrap();
     let dev = Device::new(gw.udp_addrs()[0]).await;
-    connect_until_accepted(&dev, "stop-dev").await;
+    connect(&dev, "stop-dev", 60, false).await;
     let topic = dev.register("stop/topic", 1).await;
     dev.publish(topic, QoS::One, 2, b"last words").await;
     let puback = dev.recv_until(|m| matches!(m, Message::PubAck(_))).await;
@@ -150,21 +142,17 @@ async fn the_recording_is_complete_after_the_stop() {
     assert_eq!(last.payload.control(), Some(Control::Close), "{text}");
 }
 
-/// Reads one MQTT packet (fixed header, remaining length, body).
+/// Reads one MQTT packet, cut with the core's fixed-header rule.
 async fn read_packet(conn: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut packet = vec![conn.read_u8().await.unwrap()];
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let byte = conn.read_u8().await.unwrap();
-        packet.push(byte);
-        len |= usize::from(byte & 0x7F) << shift;
-        shift += 7;
-        if byte & 0x80 == 0 {
-            break;
+    let mut packet = Vec::new();
+    let header = loop {
+        packet.push(conn.read_u8().await.unwrap());
+        if let Some(header) = fixed_header(&packet).unwrap() {
+            break header;
         }
-    }
+    };
     let start = packet.len();
-    packet.resize(start + len, 0);
+    packet.resize(header.packet_len(), 0);
     conn.read_exact(&mut packet[start..]).await.unwrap();
     packet
 }
@@ -192,11 +180,11 @@ async fn the_broker_connection_ends_with_disconnect_and_eof() {
     conn.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
     // A device accepted means the gateway has taken the CONNACK: its MQTT session is up.
     let dev = Device::new(gw.udp_addrs()[0]).await;
-    connect_until_accepted(&dev, "brk-dev").await;
+    connect(&dev, "brk-dev", 60, false).await;
     // The gateway waits for the broker's FIN before it calls the connection closed, so the
     // broker side reads to the end (and then closes) while the gateway stops.
     let broker_side = tokio::spawn(async move {
-        let seen = read_to_hang_up("the broker connection", &mut conn).await;
+        let seen = read_to_eof("the broker connection", &mut conn).await;
         drop(conn);
         seen
     });

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt, SerialStream};
 
 /// First delay before reopening a port that is missing or failed; doubles up to the cap.
 const REOPEN_MIN: Duration = Duration::from_millis(100);
@@ -29,6 +29,8 @@ const OUT_QUEUE: usize = 1024;
 /// Longest a port spends at shutdown writing the frames still queued for it: a line that does
 /// not take them (a stalled UART, a pty nobody reads) must not hold up the stop.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the line's output queue is looked at while it drains at shutdown.
+const SETTLE_POLL: Duration = Duration::from_millis(10);
 
 /// A frame from a device behind a serial port.
 #[derive(Debug)]
@@ -207,6 +209,14 @@ struct Port {
     short_addr: HashMap<u64, u16>,
 }
 
+/// How the exchange on an open port ended.
+enum Exchange {
+    /// The line closed or failed: reopen it.
+    Lost,
+    /// Shutdown: the line may still send what it was given until the drain deadline.
+    Stop(Instant),
+}
+
 /// How a spell with the port open ended.
 enum Ended {
     /// The line closed or failed (a USB adapter unplugged, say): reopen it.
@@ -241,7 +251,7 @@ impl Port {
             };
             tracing::info!(port = %self.config.port, baud = self.config.baud, "serial port open");
             reported_missing = false;
-            delay = REOPEN_MIN;
+            let opened = Instant::now();
             // The stream is moved in and dropped on the way out, which closes the tty.
             match self.serve(stream).await {
                 Ended::Lost => {
@@ -249,24 +259,69 @@ impl Port {
                 }
                 Ended::Stop => break,
             }
+            if opened.elapsed() >= REOPEN_MAX {
+                // It served for a while: come back at once after an unplug.
+                delay = REOPEN_MIN;
+            } else {
+                // A port that opens and fails at once (a USB device in a bad state) must not
+                // turn into an open/fail loop: back off as for a missing port.
+                tokio::select! {
+                    () = self.shutdown.recv() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(REOPEN_MAX);
+            }
         }
         // What the line did not take before the shutdown.
         self.discard_queued();
     }
 
     /// Moves frames both ways while the port is open. On shutdown, first writes what is still
-    /// queued, within [`DRAIN_TIMEOUT`].
+    /// queued and lets the line send it, within [`DRAIN_TIMEOUT`] in all.
     async fn serve(&mut self, mut stream: SerialStream) -> Ended {
+        match self.exchange(&mut stream).await {
+            Exchange::Lost => Ended::Lost,
+            Exchange::Stop(deadline) => {
+                self.settle(&stream, deadline).await;
+                Ended::Stop
+            }
+        }
+    }
+
+    /// At shutdown, once the last frames are with the kernel: waits for the line to send them,
+    /// until `deadline`, then discards what is left. Otherwise closing the tty would wait for a
+    /// slow or stalled line for as long as the kernel's closing wait (30 s by default).
+    async fn settle(&self, stream: &SerialStream, deadline: Instant) {
+        loop {
+            match stream.bytes_to_write() {
+                Ok(0) | Err(_) => return,
+                Ok(pending) if Instant::now() >= deadline => {
+                    let _ = stream.clear(ClearBuffer::Output);
+                    let port = &self.config.port;
+                    tracing::warn!(%port, pending, "serial line too slow at shutdown; output discarded");
+                    return;
+                }
+                // Bounded by the deadline, and only at shutdown.
+                Ok(_) => tokio::time::sleep(SETTLE_POLL).await,
+            }
+        }
+    }
+
+    /// The exchange of frames while the port is open; see [`Port::serve`].
+    async fn exchange(&mut self, stream: &mut SerialStream) -> Exchange {
         let mut codec = codec(&self.config);
         let mut read_buf = vec![0u8; 4096];
         let mut write_buf = BytesMut::with_capacity(4096);
         let deadline = 'serve: loop {
             // All three are cancel safe: a read or a receive that loses the race takes nothing.
+            // Biased to the signal: once it has fired, queued frames go out through
+            // `write_queued`, under its deadline.
             tokio::select! {
+                biased;
                 () = self.shutdown.recv() => break Instant::now() + DRAIN_TIMEOUT,
                 read = stream.read(&mut read_buf) => {
                     let n = match read {
-                        Ok(0) | Err(_) => return Ended::Lost,
+                        Ok(0) | Err(_) => return Exchange::Lost,
                         Ok(n) => n,
                     };
                     codec.push(&read_buf[..n]);
@@ -294,19 +349,17 @@ impl Port {
                                     // Cut mid-frame: nothing may follow it on the line.
                                     self.stats.dropped_out.fetch_add(1, Relaxed);
                                     self.too_slow_at_shutdown();
-                                    return Ended::Stop;
+                                    return Exchange::Stop(deadline);
                                 }
                             }
                         }
                     };
                     if written.is_err() {
+                        self.stats.dropped_out.fetch_add(1, Relaxed);
                         return match stopping {
-                            None => Ended::Lost,
+                            None => Exchange::Lost,
                             // The task ends anyway: no need to reopen the line for the last frames.
-                            Some(_) => {
-                                self.stats.dropped_out.fetch_add(1, Relaxed);
-                                Ended::Stop
-                            }
+                            Some(deadline) => Exchange::Stop(deadline),
                         };
                     }
                     self.stats.frames_out.fetch_add(1, Relaxed);
@@ -316,9 +369,9 @@ impl Port {
                 }
             }
         };
-        self.write_queued(&mut stream, &mut *codec, &mut write_buf, deadline)
+        self.write_queued(stream, &mut *codec, &mut write_buf, deadline)
             .await;
-        Ended::Stop
+        Exchange::Stop(deadline)
     }
 
     /// Handles one item from the line. False: the task must end.
@@ -484,19 +537,26 @@ mod tests {
         let (trigger, shutdown) = shutdown::channel();
         let config = raw_port(&device.name().unwrap());
         let mut serial = SerialTransport::start(&[config], inbound, &shutdown);
-        serial.send(0, 0, &FRAME);
+        // Several frames, so that most of them are still queued when the signal is seen.
+        const FRAMES: usize = 16;
+        for _ in 0..FRAMES {
+            serial.send(0, 0, &FRAME);
+        }
         trigger.fire();
         tokio::time::timeout(PATIENCE, serial.shutdown())
             .await
             .expect("the port task ends on the signal");
-        eprintln!("DEBUG {:?}", serial.stats()[0].1);
-        let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(PATIENCE, line.read(&mut buf))
-            .await
-            .expect("the frame on the line")
-            .unwrap();
-        assert_eq!(&buf[..n], FRAME);
-        assert_eq!(serial.stats()[0].1.frames_out.load(Relaxed), 1);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.len() < FRAMES * FRAME.len() {
+            let n = tokio::time::timeout(PATIENCE, line.read(&mut buf))
+                .await
+                .expect("every frame on the line")
+                .unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, FRAME.repeat(FRAMES));
+        assert_eq!(serial.stats()[0].1.frames_out.load(Relaxed), FRAMES as u64);
         // The test's own handle kept the line up until here, so that reading it above did not
         // race the gateway's end closing.
         drop(device);

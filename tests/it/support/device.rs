@@ -94,3 +94,30 @@ impl Device {
         }
     }
 }
+
+/// Connects a device, retrying while the gateway's broker connection comes up (CONNACK
+/// congestion until then).
+pub async fn connect(device: &Device, client_id: &str, keep_alive: u16, will: bool) {
+    for _ in 0..200 {
+        device
+            .send(Message::Connect(Connect {
+                will,
+                clean_session: true,
+                duration: keep_alive,
+                client_id,
+            }))
+            .await;
+        let reply = device.recv().await;
+        match Message::decode(&reply) {
+            Ok(Message::ConnAck {
+                return_code: ReturnCode::Congestion,
+            }) => tokio::task::yield_now().await,
+            Ok(Message::ConnAck {
+                return_code: ReturnCode::Accepted,
+            }) if !will => return,
+            Ok(Message::WillTopicReq) if will => return,
+            other => panic!("unexpected answer to CONNECT: {other:?}"),
+        }
+    }
+    panic!("the gateway never accepted {client_id}");
+}

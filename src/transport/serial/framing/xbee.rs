@@ -424,8 +424,8 @@ pub fn encode_rx_packet(
 }
 
 /// Appends one API frame whose data is `header` then `payload`: start delimiter, length, data
-/// and checksum, escaped for `mode`. The caller keeps the data within the 16-bit length. (The
-/// Transmit Request encoder above writes the same envelope inline.)
+/// and checksum, escaped for `mode`. The caller keeps the data within the 16-bit length. Used by
+/// the Transmit Request encoder and by [`encode_rx_packet`].
 fn put_api_frame(mode: ApiMode, header: &[u8], payload: &[u8], out: &mut BytesMut) {
     let sum = header
         .iter()
