@@ -11,9 +11,9 @@
 use crate::codec::Frame;
 use crate::engine::mqtt::wire::{fixed_header, MalformedLength};
 use crate::engine::mqtt::ConnectOptions;
-use crate::engine::{Link, PeerAddr};
+use crate::engine::PeerAddr;
 use crate::time::{Duration, Instant};
-use crate::transcript::{Control, Entry, Peer, PeerKind, TranscriptWriter};
+use crate::transcript::{harness, Control, Entry, Peer, PeerKind, TranscriptWriter};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::fs::File;
@@ -207,19 +207,9 @@ fn open_state(file: File, started: Instant) -> io::Result<FileState> {
     })
 }
 
-/// The transcript's view of a device address.
+/// The transcript's view of a device address: serial ports are named by their number.
 fn device_kind(addr: &PeerAddr) -> PeerKind {
-    match (addr.link, addr.node) {
-        (Link::Udp(via), Some(node)) => PeerKind::Forwarded {
-            via,
-            node_id: node.as_bytes().to_vec(),
-        },
-        (Link::Udp(a), None) => PeerKind::Udp(a),
-        (Link::Serial { port, radio }, _) => PeerKind::Serial {
-            port: format!("serial{port}"),
-            radio: (radio != 0).then(|| radio.to_be_bytes().to_vec()),
-        },
-    }
+    harness::device_kind(*addr, |port| format!("serial{port}"))
 }
 
 impl FileState {
@@ -227,10 +217,7 @@ impl FileState {
     fn name(&mut self, endpoint: &Endpoint) -> io::Result<String> {
         let (key, kind) = match endpoint {
             Endpoint::Device(addr) => (format!("{addr}"), device_kind(addr)),
-            Endpoint::Broadcast => (
-                "broadcast".to_string(),
-                PeerKind::Udp(std::net::SocketAddr::from(([255, 255, 255, 255], 1884))),
-            ),
+            Endpoint::Broadcast => ("broadcast".to_string(), PeerKind::Udp(harness::BROADCAST)),
             Endpoint::Broker { conn, owner } => {
                 let client = match owner {
                     Some(addr) => Some(self.name(&Endpoint::Device(*addr))?),

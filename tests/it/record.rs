@@ -116,15 +116,7 @@ async fn recorded_fixtures_replay_against_a_fresh_gateway() {
 async fn a_recording_parses_and_replays_on_virtual_time() {
     let broker = Mosquitto::start();
     let path = std::env::temp_dir().join(format!("mqttsn-rec-{}.snlog", std::process::id()));
-    let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
-    let gw = driver::start_with(
-        broker.gateway_config(""),
-        Recording {
-            snlog: Some(recorder),
-        },
-    )
-    .await
-    .unwrap();
+    let gw = broker.recording_gateway(&path).await;
     let dev = Device::new(gw.udp_addrs()[0]).await;
     conversation(&dev).await;
     gw.stop().await;

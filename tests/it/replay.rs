@@ -9,7 +9,6 @@ use mqttsn_gateway::config::Framing;
 use mqttsn_gateway::driver::{self, Recording, Running};
 use mqttsn_gateway::record::pcap::PcapWriter;
 use mqttsn_gateway::record::pcap_reader::transcript_from_pcap;
-use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
 use mqttsn_gateway::replay::{replay, replay_serial, ReplayOptions};
 use mqttsn_gateway::time::Instant;
 use mqttsn_gateway::transcript::{Direction, PeerKind, Transcript};
@@ -66,15 +65,7 @@ async fn record_session() -> String {
     let broker = Mosquitto::start();
     let path =
         std::env::temp_dir().join(format!("mqttsn-replay-tool-{}.snlog", std::process::id()));
-    let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
-    let gw = driver::start_with(
-        broker.gateway_config(""),
-        Recording {
-            snlog: Some(recorder),
-        },
-    )
-    .await
-    .unwrap();
+    let gw = broker.recording_gateway(&path).await;
     let warmup = warmed_up(&gw).await;
     let dev = Device::new(gw.udp_addrs()[0]).await;
     conversation(&dev).await;
@@ -285,11 +276,16 @@ fn swap_endianness(bytes: &mut [u8]) {
     }
 }
 
-/// A fake gateway on the far end of a serial line in raw framing: answers CONNECT with CONNACK
-/// (accepted) and PINGREQ with PINGRESP, until the line closes.
-async fn fake_serial_gateway(mut line: tokio_serial::SerialStream) {
+/// A fake gateway on the far end of a serial line: answers CONNECT with CONNACK (accepted) and
+/// PINGREQ with PINGRESP, until the line closes. With `radios` (an XBee line) it answers only
+/// those radios, addresses each answer back to its radio, and sends an ADVERTISE broadcast
+/// before each, which the replay must ignore.
+async fn fake_serial_gateway<C: Deframer + Encoder>(
+    mut line: tokio_serial::SerialStream,
+    mut codec: C,
+    radios: Option<[u64; 2]>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut codec = RawCodec::new();
     let mut buf = [0u8; 512];
     loop {
         let n = match line.read(&mut buf).await {
@@ -301,12 +297,23 @@ async fn fake_serial_gateway(mut line: tokio_serial::SerialStream) {
             let Received::Frame(frame) = item else {
                 continue;
             };
+            let from = frame.source.map(|s| s.addr64);
+            if radios.is_some_and(|radios| !from.is_some_and(|f| radios.contains(&f))) {
+                continue;
+            }
             let answer: &[u8] = match Message::decode(&frame.payload) {
                 Ok(Message::Connect(_)) => &[3, 0x05, 0x00],
                 Ok(Message::PingReq { .. }) => &[2, 0x17],
                 _ => continue,
             };
-            if line.write_all(answer).await.is_err() {
+            let mut out = bytes::BytesMut::new();
+            if radios.is_some() {
+                codec
+                    .encode(&[5, 0x00, 0x01, 0x00, 0x3C], None, &mut out)
+                    .unwrap();
+            }
+            codec.encode(answer, frame.source, &mut out).unwrap();
+            if line.write_all(&out).await.is_err() {
                 return;
             }
         }
@@ -335,7 +342,7 @@ async fn a_transcript_replays_over_a_raw_serial_line_and_an_edit_is_reported() {
         let transcript = Transcript::parse(&transcript, "serial").unwrap();
         let (line, device) = tokio_serial::SerialStream::pair().expect("openpty");
         let path = device.name().expect("pty has a name");
-        let gateway = tokio::spawn(fake_serial_gateway(line));
+        let gateway = tokio::spawn(fake_serial_gateway(line, RawCodec::new(), None));
         let report = replay_serial(&transcript, &path, 115_200, Framing::Raw, &options)
             .await
             .unwrap();
@@ -360,43 +367,6 @@ async fn a_transcript_replays_over_a_raw_serial_line_and_an_edit_is_reported() {
         }
         gateway.abort();
         drop(device);
-    }
-}
-
-/// A fake gateway on the far end of an XBee API line, with the gateway's own XBee codec:
-/// answers CONNECT with CONNACK and PINGREQ with PINGRESP, each after an ADVERTISE broadcast,
-/// to the radio that asked, if it is one of `radios`; until the line closes.
-async fn fake_xbee_gateway(mut line: tokio_serial::SerialStream, mode: ApiMode, radios: [u64; 2]) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut codec = XbeeCodec::new(mode);
-    let mut buf = [0u8; 512];
-    loop {
-        let n = match line.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        codec.push(&buf[..n]);
-        while let Some(item) = codec.next() {
-            let Received::Frame(frame) = item else {
-                continue;
-            };
-            if !frame.source.is_some_and(|s| radios.contains(&s.addr64)) {
-                continue;
-            }
-            let answer: &[u8] = match Message::decode(&frame.payload) {
-                Ok(Message::Connect(_)) => &[3, 0x05, 0x00],
-                Ok(Message::PingReq { .. }) => &[2, 0x17],
-                _ => continue,
-            };
-            let mut out = bytes::BytesMut::new();
-            codec
-                .encode(&[5, 0x00, 0x01, 0x00, 0x3C], None, &mut out)
-                .unwrap();
-            codec.encode(answer, frame.source, &mut out).unwrap();
-            if line.write_all(&out).await.is_err() {
-                return;
-            }
-        }
     }
 }
 
@@ -427,7 +397,11 @@ async fn a_transcript_replays_over_an_xbee_line_with_two_nodes() {
         let mode = ApiMode::try_from(api_mode).unwrap();
         let (line, device) = tokio_serial::SerialStream::pair().expect("openpty");
         let path = device.name().expect("pty has a name");
-        let gateway = tokio::spawn(fake_xbee_gateway(line, mode, radios));
+        let gateway = tokio::spawn(fake_serial_gateway(
+            line,
+            XbeeCodec::new(mode),
+            Some(radios),
+        ));
         let framing = Framing::XbeeApi { api_mode };
         let report = replay_serial(&transcript, &path, 9600, framing, &options)
             .await

@@ -8,9 +8,8 @@ use crate::support::mosquitto::Mosquitto;
 use crate::support::PATIENCE;
 use mqttsn_gateway::codec::*;
 use mqttsn_gateway::config::Config;
-use mqttsn_gateway::driver::{self, Recording};
+use mqttsn_gateway::driver;
 use mqttsn_gateway::engine::mqtt::wire::fixed_header;
-use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
 use mqttsn_gateway::transcript::{Control, PeerKind, Transcript};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -93,13 +92,7 @@ async fn the_serial_line_hangs_up_after_the_stop() {
 async fn the_recording_is_complete_after_the_stop() {
     let broker = Mosquitto::start();
     let path = std::env::temp_dir().join(format!("mqttsn-stop-{}.snlog", std::process::id()));
-    let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
-    let recording = Recording {
-        snlog: Some(recorder),
-    };
-    let gw = driver::start_with(broker.gateway_config(""), recording)
-        .await
-        .unwrap();
+    let gw = broker.recording_gateway(&path).await;
     let dev = Device::new(gw.udp_addrs()[0]).await;
     connect(&dev, "stop-dev", 60, false).await;
     let topic = dev.register("stop/topic", 1).await;

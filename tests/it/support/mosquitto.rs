@@ -85,6 +85,22 @@ impl Mosquitto {
         .expect("test configuration is valid")
     }
 
+    /// A gateway on this broker (as [`Mosquitto::gateway_config`] with no extra settings)
+    /// recording its traffic to the transcript `path`.
+    pub async fn recording_gateway(
+        &self,
+        path: &std::path::Path,
+    ) -> mqttsn_gateway::driver::Running {
+        use mqttsn_gateway::record::snlog::{RecordLimits, Recorder};
+        let recorder = Recorder::create(path, RecordLimits::default()).unwrap();
+        let recording = mqttsn_gateway::driver::Recording {
+            snlog: Some(recorder),
+        };
+        mqttsn_gateway::driver::start_with(self.gateway_config(""), recording)
+            .await
+            .unwrap()
+    }
+
     /// Kills the broker (like a crash: connections reset, nothing persisted).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

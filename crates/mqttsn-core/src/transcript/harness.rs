@@ -63,6 +63,22 @@ impl UpstreamEvent<'_> {
     }
 }
 
+/// The transcript's view of a device address; `port_name` names serial port number `port`.
+/// Shared by the harness and the recorder, so that both write the same peers.
+pub fn device_kind(peer: PeerAddr, port_name: impl FnOnce(u16) -> String) -> PeerKind {
+    match (peer.link, peer.node) {
+        (Link::Udp(via), Some(node)) => PeerKind::Forwarded {
+            via,
+            node_id: node.as_bytes().to_vec(),
+        },
+        (Link::Udp(addr), None) => PeerKind::Udp(addr),
+        (Link::Serial { port, radio }, _) => PeerKind::Serial {
+            port: port_name(port),
+            radio: (radio != 0).then(|| radio.to_be_bytes().to_vec()),
+        },
+    }
+}
+
 /// Calls `line` with each whole MQTT packet in `bytes`, as transcripts write one packet per line.
 /// A malformed or cut-off tail is given whole, so that nothing goes unseen.
 pub fn for_each_packet(mut bytes: &[u8], mut line: impl FnMut(&[u8])) {
@@ -136,21 +152,12 @@ impl GatewayHarness {
     }
 
     fn kind_of(&self, peer: PeerAddr) -> PeerKind {
-        match (peer.link, peer.node) {
-            (Link::Udp(via), Some(node)) => PeerKind::Forwarded {
-                via,
-                node_id: node.as_bytes().to_vec(),
-            },
-            (Link::Udp(addr), None) => PeerKind::Udp(addr),
-            (Link::Serial { port, radio }, _) => PeerKind::Serial {
-                port: self
-                    .serial_ports
-                    .get(usize::from(port))
-                    .cloned()
-                    .unwrap_or_default(),
-                radio: (radio != 0).then(|| radio.to_be_bytes().to_vec()),
-            },
-        }
+        device_kind(peer, |port| {
+            self.serial_ports
+                .get(usize::from(port))
+                .cloned()
+                .unwrap_or_default()
+        })
     }
 
     fn conn_for(&self, client: &Option<String>) -> ConnId {
