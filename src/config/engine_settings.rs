@@ -17,6 +17,7 @@ impl Config {
             mode: self.gateway.mode,
             max_clients: self.gateway.max_clients,
             client_id_max_len: usize::from(self.gateway.client_id_max_len),
+            max_topics_per_client: usize::from(self.gateway.max_topics_per_client),
             decode: DecodeOptions {
                 qos_minus1_long_topic: self.gateway.qos_minus1_long_topic,
             },

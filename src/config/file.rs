@@ -63,6 +63,7 @@ struct RawGateway {
     mode: Field<ModeName>,
     max_clients: Field<i64>,
     client_id_max_len: Field<i64>,
+    max_topics_per_client: Field<i64>,
     qos_minus1_long_topic: Field<bool>,
     advertise: Field<bool>,
 }
@@ -380,6 +381,13 @@ impl RawGateway {
                     1..=65535,
                 )?
                 .unwrap_or(d.client_id_max_len),
+            max_topics_per_client: cx
+                .int(
+                    &self.max_topics_per_client,
+                    "gateway.max_topics_per_client",
+                    1..=65534,
+                )?
+                .unwrap_or(d.max_topics_per_client),
             qos_minus1_long_topic: value(&self.qos_minus1_long_topic)
                 .unwrap_or(d.qos_minus1_long_topic),
             advertise: value(&self.advertise).unwrap_or(d.advertise),

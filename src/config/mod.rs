@@ -92,6 +92,9 @@ pub struct GatewayConfig {
     /// Longest accepted client id in bytes. The spec says 1 to 23; most clients and brokers
     /// accept more.
     pub client_id_max_len: u16,
+    /// Most topic names one client may REGISTER (or have registered for it); past that,
+    /// REGISTER gets "rejected: congestion" and nothing is stored for the name.
+    pub max_topics_per_client: u16,
     /// Accept the nonstandard QoS -1 PUBLISH that carries a long topic name (topic id type
     /// "normal" with the name in place of the id) some client libraries send.
     pub qos_minus1_long_topic: bool,
@@ -295,6 +298,7 @@ impl Default for GatewayConfig {
             mode: Mode::Aggregating,
             max_clients: 10_000,
             client_id_max_len: 64,
+            max_topics_per_client: 1024,
             qos_minus1_long_topic: false,
             advertise: true,
         }

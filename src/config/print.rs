@@ -24,6 +24,7 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.string("mode", g.mode.as_str());
     out.raw("max_clients", g.max_clients);
     out.raw("client_id_max_len", g.client_id_max_len);
+    out.raw("max_topics_per_client", g.max_topics_per_client);
     out.raw("qos_minus1_long_topic", g.qos_minus1_long_topic);
     out.raw("advertise", g.advertise);
 

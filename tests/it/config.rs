@@ -80,6 +80,7 @@ id = 7
 mode = "transparent"
 max_clients = 50
 client_id_max_len = 23
+max_topics_per_client = 9
 qos_minus1_long_topic = true
 advertise = false
 
@@ -160,6 +161,7 @@ fn full_config() -> Config {
             mode: Mode::Transparent,
             max_clients: 50,
             client_id_max_len: 23,
+            max_topics_per_client: 9,
             qos_minus1_long_topic: true,
             advertise: false,
         },
@@ -964,7 +966,7 @@ fn errors_print_as_one_line_with_file_line_column_and_key() {
     assert_eq!(
         err.to_string(),
         "gateway.toml:6:1: gateway: unknown key \"colour\", expected one of id, mode, \
-         max_clients, client_id_max_len, qos_minus1_long_topic, advertise"
+         max_clients, client_id_max_len, max_topics_per_client, qos_minus1_long_topic, advertise"
     );
     assert!(!err.to_string().contains('\n'));
 }

@@ -45,11 +45,19 @@ impl<'a> Frame<'a> {
 
     /// Decodes a frame with nonstandard forms enabled as `opts` says.
     pub fn decode_with(bytes: &'a [u8], opts: &DecodeOptions) -> Result<Self, DecodeError> {
+        let (forwarder, inner) = Self::unwrap(bytes)?;
+        Ok(Frame {
+            forwarder,
+            message: Message::decode_with(inner, opts)?,
+        })
+    }
+
+    /// Splits a frame into its encapsulation header, if any, and the bytes of the message
+    /// inside, without decoding the message (for example to answer a message whose body does
+    /// not decode, by its type and id).
+    pub fn unwrap(bytes: &'a [u8]) -> Result<(Option<Forwarder<'a>>, &'a [u8]), DecodeError> {
         if !Self::is_encapsulated(bytes) {
-            return Ok(Frame {
-                forwarder: None,
-                message: Message::decode_with(bytes, opts)?,
-            });
+            return Ok((None, bytes));
         }
         let header_len = usize::from(bytes[0]);
         if header_len < MIN_HEADER {
@@ -66,13 +74,11 @@ impl<'a> Frame<'a> {
         if inner.is_empty() {
             return Err(DecodeError::BadEncapsulation("no message after the header"));
         }
-        Ok(Frame {
-            forwarder: Some(Forwarder {
-                radius: header[2] & 0b11,
-                node_id: &header[MIN_HEADER..],
-            }),
-            message: Message::decode_with(inner, opts)?,
-        })
+        let forwarder = Forwarder {
+            radius: header[2] & 0b11,
+            node_id: &header[MIN_HEADER..],
+        };
+        Ok((Some(forwarder), inner))
     }
 
     /// A frame that is not encapsulated.

@@ -49,6 +49,8 @@ pub struct Settings {
     pub max_clients: usize,
     /// Longest ClientId accepted in CONNECT.
     pub client_id_max_len: usize,
+    /// Most topic names in one client's registry.
+    pub max_topics_per_client: usize,
     /// Nonstandard frame forms accepted.
     pub decode: DecodeOptions,
     /// Broadcast ADVERTISE every `t_adv`.
@@ -85,6 +87,7 @@ impl fmt::Debug for Settings {
             .field("mode", &self.mode)
             .field("max_clients", &self.max_clients)
             .field("client_id_max_len", &self.client_id_max_len)
+            .field("max_topics_per_client", &self.max_topics_per_client)
             .field("decode", &self.decode)
             .field("advertise", &self.advertise)
             .field("keep_alive_tolerance", &self.keep_alive_tolerance)

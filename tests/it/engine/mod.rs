@@ -4,6 +4,7 @@
 //! The conventions of these transcripts are those of [`GatewayHarness`].
 
 mod chaos;
+mod limits;
 
 use mqttsn_gateway::config::Config;
 use mqttsn_gateway::engine::Gateway;

@@ -6,9 +6,10 @@ use super::gateway::Gateway;
 use super::peer::PeerAddr;
 use super::topic;
 use super::{ClientKey, ConnId, Event};
+use crate::codec::wire::split_header;
 use crate::codec::{
-    Connect, Message, PubAck, Publish, QoS, RegAck, ReturnCode, SubAck, Subscribe, TopicFilter,
-    TopicRef, Unsubscribe, WillTopic,
+    Connect, DecodeError, Message, MsgType, PubAck, Publish, QoS, RegAck, ReturnCode, SubAck,
+    Subscribe, TopicFilter, TopicRef, Unsubscribe, WillTopic,
 };
 use crate::settings::Mode;
 use crate::time::Instant;
@@ -119,6 +120,46 @@ impl Gateway {
                 peer,
                 format!("{} makes no sense in state {state:?}", msg.msg_type()),
             ),
+        }
+    }
+
+    /// A message that does not decode. Most are dropped; the two whose only fault is text
+    /// that is not UTF-8 get the spec's refusal instead of silence, so that the device stops
+    /// retrying: CONNECT (a ClientId) gets CONNACK "not supported", and REGISTER (a topic
+    /// name) from a connected client gets REGACK "not supported".
+    pub(super) fn on_undecodable(&mut self, peer: PeerAddr, bytes: &[u8], error: DecodeError) {
+        let DecodeError::InvalidUtf8 { msg_type, .. } = error else {
+            return self.drop_frame(peer, error.to_string());
+        };
+        match msg_type {
+            MsgType::Connect => {
+                self.reject_connect(peer, ReturnCode::NotSupported, "client id is not UTF-8")
+            }
+            MsgType::Register => {
+                let connected = self
+                    .by_peer
+                    .get(&peer)
+                    .and_then(|&key| self.client(key))
+                    .is_some_and(|c| c.state.is_connected());
+                // REGISTER's body: TopicId (2), MsgId (2), TopicName; the decoder has checked
+                // the lengths before it looked at the name.
+                let msg_id = split_header(bytes)
+                    .ok()
+                    .and_then(|(_, body)| body.get(2..4))
+                    .map(|id| u16::from_be_bytes([id[0], id[1]]));
+                match (connected, msg_id) {
+                    (true, Some(msg_id)) => self.send(
+                        peer,
+                        Message::RegAck(RegAck {
+                            topic_id: 0,
+                            msg_id,
+                            return_code: ReturnCode::NotSupported,
+                        }),
+                    ),
+                    _ => self.drop_frame(peer, error.to_string()),
+                }
+            }
+            _ => self.drop_frame(peer, error.to_string()),
         }
     }
 
@@ -303,8 +344,12 @@ impl Gateway {
     }
 
     fn on_register(&mut self, key: ClientKey, msg_id: u16, name: &str) {
+        let room = self.client(key).map(|c| c.registry.check_room(name));
         let (topic_id, rc) = if topic::validate_topic_name(name).is_err() {
             (0, ReturnCode::NotSupported)
+        } else if !matches!(room, Some(Ok(()))) {
+            // Refused before the name is interned: a full registry stores nothing more.
+            (0, ReturnCode::Congestion)
         } else {
             let name = self.interner.intern(name);
             match self.client_mut(key).map(|c| c.registry.register(&name)) {

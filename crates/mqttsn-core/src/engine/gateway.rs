@@ -7,7 +7,7 @@ use super::client::{Client, State};
 use super::mqtt::wire::MqttWire;
 use super::mqtt::{ConnectOptions, LastWill, MqttError, MqttSession};
 use super::peer::{Destination, PeerAddr, Transmit};
-use super::registry::{PredefinedTopics, TopicInterner};
+use super::registry::{PredefinedTopics, TopicInterner, TopicRegistry};
 use super::slab::Slab;
 use super::subscriptions::SubscriptionTable;
 use super::{ClientKey, ConnId, Event, UpstreamCommand};
@@ -152,11 +152,11 @@ impl Gateway {
     pub fn handle_frame(&mut self, now: Instant, from: PeerAddr, bytes: &[u8]) {
         self.now = self.now.max(now);
         self.counters.frames_in += 1;
-        let frame = match Frame::decode_with(bytes, &self.settings.decode) {
-            Ok(frame) => frame,
+        let (forwarder, inner) = match Frame::unwrap(bytes) {
+            Ok(split) => split,
             Err(e) => return self.drop_frame(from, e.to_string()),
         };
-        let peer = match frame.forwarder {
+        let peer = match forwarder {
             None => from,
             Some(fw) => match super::peer::NodeId::new(fw.node_id) {
                 Some(node) => PeerAddr {
@@ -166,7 +166,10 @@ impl Gateway {
                 None => return self.drop_frame(from, "forwarder node id too long".into()),
             },
         };
-        self.on_message(now, peer, frame.message);
+        match Message::decode_with(inner, &self.settings.decode) {
+            Ok(message) => self.on_message(now, peer, message),
+            Err(e) => self.on_undecodable(peer, inner, e),
+        }
     }
 
     /// Something happened on upstream connection `conn`.
@@ -237,6 +240,11 @@ impl Gateway {
         self.counters
     }
 
+    /// Distinct topic names and filters held in memory for all sessions together.
+    pub fn interned_names(&self) -> usize {
+        self.interner.len()
+    }
+
     /// Number of sessions (connected, sleeping, or kept for CleanSession=0).
     pub fn client_count(&self) -> usize {
         self.clients.len()
@@ -275,7 +283,8 @@ impl Gateway {
         now: Instant,
     ) -> ClientKey {
         self.generation = self.generation.wrapping_add(1);
-        let client = Client::new(self.generation, client_id.clone(), peer, now);
+        let mut client = Client::new(self.generation, client_id.clone(), peer, now);
+        client.registry = TopicRegistry::with_max_topics(self.settings.max_topics_per_client);
         let key = ClientKey(self.clients.insert(client));
         self.by_client_id.insert(client_id, key);
         self.by_peer.insert(peer, key);

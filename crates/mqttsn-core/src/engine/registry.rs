@@ -67,17 +67,15 @@ impl TopicRegistry {
         }
     }
 
-    /// The id of `name`, allocating the next one if it is new. Registering a name again returns
-    /// its existing id (clients re-REGISTER after reconnecting).
+    /// Whether [`Self::register`] would accept `name` (known already, or room for one more), so
+    /// that a caller can refuse before it stores anything for the name.
     ///
     /// # Errors
-    /// [`RegistryError::TooManyTopics`] past the limit, [`RegistryError::Exhausted`] when no id
-    /// is left.
-    pub fn register(&mut self, name: &Arc<str>) -> Result<u16, RegistryError> {
-        let pos = match self.search(name) {
-            Ok(index) => return Ok(index_to_id(index)),
-            Err(pos) => pos,
-        };
+    /// As [`Self::register`].
+    pub fn check_room(&self, name: &str) -> Result<(), RegistryError> {
+        if self.search(name).is_ok() {
+            return Ok(());
+        }
         let len = self.entries.len();
         if len >= usize::from(MAX_ID) {
             return Err(RegistryError::Exhausted);
@@ -87,7 +85,23 @@ impl TopicRegistry {
                 max: self.max_topics,
             });
         }
-        // `len < MAX_ID`, so it fits; the fallback is never taken.
+        Ok(())
+    }
+
+    /// The id of `name`, allocating the next one if it is new. Registering a name again returns
+    /// its existing id (clients re-REGISTER after reconnecting).
+    ///
+    /// # Errors
+    /// [`RegistryError::TooManyTopics`] past the limit, [`RegistryError::Exhausted`] when no id
+    /// is left.
+    pub fn register(&mut self, name: &Arc<str>) -> Result<u16, RegistryError> {
+        self.check_room(name)?;
+        let pos = match self.search(name) {
+            Ok(index) => return Ok(index_to_id(index)),
+            Err(pos) => pos,
+        };
+        let len = self.entries.len();
+        // `len < MAX_ID` (checked above), so it fits; the fallback is never taken.
         let index = u16::try_from(len).unwrap_or(MAX_ID);
         if len < 4 {
             // Grow one at a time while small: a Vec would jump straight to 4 entries, and
@@ -257,16 +271,27 @@ fn find_id(list: &[(u16, Arc<str>)], id: u16) -> Option<&Arc<str>> {
 
 /// Shares one `Arc<str>` per distinct topic name across all clients, so that 100,000 clients
 /// registering `sensors/temp` store the string once.
+///
+/// Names nobody else holds any more (a departed client's topics, the filter of an UNSUBSCRIBE
+/// that matched nothing) are dropped by [`Self::purge`], which [`Self::intern`] runs itself each
+/// time the set has doubled since the last purge: amortised O(1) per name, and the set never
+/// holds more than twice what the sessions use (plus [`PURGE_FLOOR`]).
 #[derive(Debug)]
 pub struct TopicInterner {
     names: HashSet<Arc<str>>,
+    /// Size at which `intern` purges next.
+    purge_at: usize,
 }
+
+/// Below this many names the interner does not bother purging.
+pub const PURGE_FLOOR: usize = 1024;
 
 impl TopicInterner {
     /// An empty interner whose set is keyed with `seed`.
     pub fn new(seed: HashSeed) -> Self {
         TopicInterner {
             names: HashSet::with_hasher(seed),
+            purge_at: PURGE_FLOOR,
         }
     }
 
@@ -274,6 +299,10 @@ impl TopicInterner {
     pub fn intern(&mut self, name: &str) -> Arc<str> {
         if let Some(shared) = self.names.get(name) {
             return Arc::clone(shared);
+        }
+        if self.names.len() >= self.purge_at {
+            self.purge();
+            self.purge_at = (2 * self.names.len()).max(PURGE_FLOOR);
         }
         let shared: Arc<str> = Arc::from(name);
         self.names.insert(Arc::clone(&shared));
@@ -284,6 +313,7 @@ impl TopicInterner {
     /// with topics of departed clients. Cost O(names): call it now and then, not per message.
     pub fn purge(&mut self) {
         self.names.retain(|name| Arc::strong_count(name) > 1);
+        self.names.shrink_to_fit();
     }
 
     /// How many distinct names are held.
@@ -497,5 +527,40 @@ mod tests {
         r2.clear();
         interner.purge();
         assert!(interner.is_empty());
+    }
+
+    #[test]
+    fn the_interner_forgets_names_nobody_holds() {
+        let mut interner = TopicInterner::new(HashSeed(3, 4));
+        let kept = interner.intern("kept/topic");
+        // A flood of names that nobody keeps (an UNSUBSCRIBE of unknown filters, say).
+        for i in 0..20 * PURGE_FLOOR {
+            let _ = interner.intern(&format!("gone/{i}"));
+            assert!(
+                interner.len() <= 2 * PURGE_FLOOR + 1,
+                "{} names held",
+                interner.len()
+            );
+        }
+        // What is still held survives every purge, and is still shared.
+        assert!(Arc::ptr_eq(&kept, &interner.intern("kept/topic")));
+        interner.purge();
+        assert_eq!(interner.len(), 1);
+    }
+
+    #[test]
+    fn check_room_says_what_register_would() {
+        let mut r = TopicRegistry::with_max_topics(1);
+        assert_eq!(r.check_room("a"), Ok(()));
+        r.register(&Arc::from("a")).unwrap();
+        assert_eq!(r.check_room("a"), Ok(()));
+        assert_eq!(
+            r.check_room("b"),
+            Err(RegistryError::TooManyTopics { max: 1 })
+        );
+        assert_eq!(
+            r.register(&Arc::from("b")),
+            Err(RegistryError::TooManyTopics { max: 1 })
+        );
     }
 }

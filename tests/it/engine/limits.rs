@@ -1,0 +1,110 @@
+//! Bounds on what devices can make the engine hold, checked on the engine itself with many
+//! more frames than a transcript would list: topic names are not stored before the per-client
+//! limit is checked, and names nobody uses any more are given back.
+
+use super::*;
+use mqttsn_gateway::codec::{Connect, Message, Register, TopicFilter, Unsubscribe};
+use mqttsn_gateway::engine::PeerAddr;
+use mqttsn_gateway::engine::UpstreamEvent;
+use mqttsn_gateway::time::Instant;
+
+fn gateway(extra: &str) -> Gateway {
+    let config = Config::from_toml_str(&format!("[gateway]\n{extra}\n"), "test").unwrap();
+    let mut gw = Gateway::new(config.engine_settings(HashSeed(9, 9)), &MQTT_V4);
+    // The broker connection comes up and accepts the gateway.
+    gw.handle_upstream(
+        Instant::ZERO,
+        mqttsn_gateway::engine::ConnId::GATEWAY,
+        UpstreamEvent::Connected,
+    );
+    gw.handle_upstream(
+        Instant::ZERO,
+        mqttsn_gateway::engine::ConnId::GATEWAY,
+        UpstreamEvent::Data(&[0x20, 0x02, 0x00, 0x00]),
+    );
+    drain(&mut gw);
+    gw
+}
+
+fn drain(gw: &mut Gateway) -> Vec<Vec<u8>> {
+    while gw.poll_upstream().is_some() {}
+    while gw.poll_event().is_some() {}
+    std::iter::from_fn(|| gw.poll_transmit())
+        .map(|t| t.bytes)
+        .collect()
+}
+
+fn send(gw: &mut Gateway, peer: PeerAddr, msg: Message<'_>) -> Vec<Vec<u8>> {
+    gw.handle_frame(Instant::from_millis(1), peer, &msg.to_vec().unwrap());
+    drain(gw)
+}
+
+fn connected(gw: &mut Gateway, n: u8) -> PeerAddr {
+    let peer = PeerAddr::udp(format!("10.0.0.{n}:5000").parse().unwrap());
+    let id = format!("dev{n}");
+    let replies = send(
+        gw,
+        peer,
+        Message::Connect(Connect {
+            will: false,
+            clean_session: true,
+            duration: 60,
+            client_id: &id,
+        }),
+    );
+    assert_eq!(replies, [vec![0x03, 0x05, 0x00]], "CONNACK accepted");
+    peer
+}
+
+#[test]
+fn a_full_registry_stores_no_more_names() {
+    let mut gw = gateway("max_topics_per_client = 10");
+    let dev = connected(&mut gw, 1);
+    let before = gw.interned_names();
+    for i in 0..5_000u16 {
+        let name = format!("flood/{i:0>200}");
+        let replies = send(
+            &mut gw,
+            dev,
+            Message::Register(Register {
+                topic_id: 0,
+                msg_id: i,
+                topic_name: &name,
+            }),
+        );
+        let Ok(Message::RegAck(ack)) = Message::decode(&replies[0]) else {
+            panic!("{replies:?}");
+        };
+        let expected = if i < 10 {
+            mqttsn_gateway::codec::ReturnCode::Accepted
+        } else {
+            mqttsn_gateway::codec::ReturnCode::Congestion
+        };
+        assert_eq!(ack.return_code, expected, "REGISTER {i}");
+    }
+    assert_eq!(gw.interned_names(), before + 10);
+}
+
+#[test]
+fn names_nobody_uses_are_given_back() {
+    let mut gw = gateway("");
+    let dev = connected(&mut gw, 2);
+    // 50,000 UNSUBSCRIBEs of names nobody subscribed to: each is answered, none is kept for long.
+    for i in 0..50_000u32 {
+        let name = format!("nothing/{i}");
+        let replies = send(
+            &mut gw,
+            dev,
+            Message::Unsubscribe(Unsubscribe {
+                msg_id: i as u16,
+                topic: TopicFilter::Name(&name),
+            }),
+        );
+        assert_eq!(replies.len(), 1, "UNSUBACK");
+        assert!(
+            gw.interned_names() <= 2 * 1024 + 1,
+            "{} names held after {i} UNSUBSCRIBEs",
+            gw.interned_names()
+        );
+    }
+}
