@@ -9,6 +9,7 @@ mod e2e;
 mod engine;
 mod fixture_frames;
 mod interop;
+mod overload;
 mod record;
 mod replay;
 mod serial;

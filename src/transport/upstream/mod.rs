@@ -45,6 +45,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::config::{UpstreamConfig, UpstreamUrl};
 use crate::engine::ConnId;
+use backoff::Backoff;
 
 pub use tls::UpstreamError;
 
@@ -181,6 +182,18 @@ pub enum ConnEvent {
     Disconnected,
 }
 
+/// A connection the engine aborted, and the backoff its reopening goes through.
+struct Aborted {
+    backoff: Backoff,
+    /// When it was last reopened (or first aborted).
+    reopened: std::time::Instant,
+    /// When it was last aborted.
+    at: std::time::Instant,
+}
+
+/// Below this many remembered aborts the pool does not prune them.
+const PRUNE_FLOOR: usize = 64;
+
 /// The pool's handle on one running connection task.
 struct Handle {
     /// Dropping this is how a connection is closed: the task writes what is queued, then sees
@@ -200,6 +213,11 @@ struct Handle {
 pub struct UpstreamPool {
     shared: Arc<task::Shared>,
     conns: HashMap<ConnId, Handle>,
+    /// Connections the engine aborted lately, so that reopening one goes through the backoff
+    /// (see [`UpstreamPool::open`]).
+    aborted: HashMap<ConnId, Aborted>,
+    /// Size of `aborted` at which old entries are pruned next.
+    prune_at: usize,
     /// Every task still running, including closed connections that are still flushing, so that
     /// `shutdown` can wait for them too.
     tasks: JoinSet<()>,
@@ -216,12 +234,20 @@ impl UpstreamPool {
                 connect_slots: Arc::new(tokio::sync::Semaphore::new(task::CONCURRENT_CONNECTS)),
             }),
             conns: HashMap::new(),
+            aborted: HashMap::new(),
+            prune_at: PRUNE_FLOOR,
             tasks: JoinSet::new(),
         }
     }
 
     /// Starts connecting `conn`; [`ConnEvent::Connected`] or [`ConnEvent::Disconnected`]
     /// follows. Opening a connection that is already open does nothing.
+    ///
+    /// The engine drops a connection for a protocol error or a timeout by aborting and
+    /// reopening it. Reopening one that was aborted lately waits the next delay of its own
+    /// backoff first, doubling up to `reconnect_max`, so that a broker that keeps sending
+    /// garbage (or a retained message too large to take) is not reconnected to thousands of
+    /// times a second. The backoff restarts once a connection has stayed up `reconnect_max`.
     ///
     /// # Panics
     /// Outside a tokio runtime (the task cannot be spawned).
@@ -231,10 +257,24 @@ impl UpstreamPool {
             warn!(conn = conn.0, "upstream connection already open");
             return;
         }
+        let first_delay = self.reopen_delay(conn);
+        if let Some(delay) = first_delay {
+            debug!(
+                conn = conn.0,
+                ?delay,
+                "reopening an aborted connection after a delay"
+            );
+        }
         let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
         let control = Arc::new(task::Control::default());
         let span = tracing::info_span!("upstream", conn = conn.0);
-        let future = task::run(conn, Arc::clone(&self.shared), queue, Arc::clone(&control));
+        let future = task::run(
+            conn,
+            Arc::clone(&self.shared),
+            queue,
+            Arc::clone(&control),
+            first_delay,
+        );
         let task = self.tasks.spawn(future.instrument(span));
         self.conns.insert(
             conn,
@@ -307,7 +347,44 @@ impl UpstreamPool {
                 "abort of an upstream connection that is not open"
             ),
         }
+        self.remember_abort(conn);
         self.reap();
+    }
+
+    /// How long reopening `conn` must wait: the next delay of its backoff if it was aborted
+    /// lately, else nothing.
+    fn reopen_delay(&mut self, conn: ConnId) -> Option<Duration> {
+        let aborted = self.aborted.get_mut(&conn)?;
+        aborted.reopened = std::time::Instant::now();
+        Some(aborted.backoff.next_delay())
+    }
+
+    /// Notes an abort for [`UpstreamPool::open`]'s backoff. Entries older than twice
+    /// `reconnect_max` are forgotten (pruned each time the map has doubled: amortised O(1)), so
+    /// the map holds only connections aborted lately, never every connection ever aborted.
+    fn remember_abort(&mut self, conn: ConnId) {
+        let settings = &self.shared.settings;
+        let now = std::time::Instant::now();
+        let aborted = self.aborted.entry(conn).or_insert_with(|| Aborted {
+            backoff: Backoff::new(
+                settings.reconnect_min,
+                settings.reconnect_max,
+                backoff::seed(conn.0),
+            ),
+            reopened: now,
+            at: now,
+        });
+        if now.duration_since(aborted.reopened) >= settings.reconnect_max {
+            // The connection stayed up a while before this abort: start from the minimum.
+            aborted.backoff.reset();
+        }
+        aborted.at = now;
+        if self.aborted.len() >= self.prune_at {
+            let window = settings.reconnect_max.saturating_mul(2);
+            self.aborted
+                .retain(|_, a| now.duration_since(a.at) < window);
+            self.prune_at = (2 * self.aborted.len()).max(PRUNE_FLOOR);
+        }
     }
 
     /// Number of open connections (connected or retrying), not counting closed ones that are

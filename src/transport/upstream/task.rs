@@ -89,19 +89,25 @@ pub(super) async fn run(
     shared: Arc<Shared>,
     commands: mpsc::Receiver<bytes::Bytes>,
     control: Arc<Control>,
+    first_delay: Option<Duration>,
 ) {
     let backoff = Backoff::new(
         shared.settings.reconnect_min,
         shared.settings.reconnect_max,
         backoff::seed(conn.0),
     );
-    let task = Task {
+    let mut task = Task {
         conn,
         shared,
         commands,
         control,
         backoff,
     };
+    if let Some(delay) = first_delay {
+        if !task.idle(delay).await {
+            return;
+        }
+    }
     task.run().await;
 }
 

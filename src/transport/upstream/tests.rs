@@ -450,3 +450,58 @@ fn settings_from_config() {
     let err = UpstreamSettings::from_config(&missing_ca).unwrap_err();
     assert!(err.to_string().contains("absent.pem"), "{err}");
 }
+
+/// A connection the engine aborts and reopens (a protocol error from the broker) comes back
+/// through the backoff, doubling each time, not at once: a broker that keeps sending garbage is
+/// not reconnected to in a loop.
+#[test]
+fn reopening_an_aborted_connection_goes_through_the_backoff() {
+    let settings = UpstreamSettings {
+        reconnect_min: ms(100),
+        reconnect_max: Duration::from_secs(60),
+        ..tcp_settings(1)
+    };
+    let (mut pool, _events) = new_pool(settings);
+    // Never aborted: no delay.
+    assert_eq!(pool.reopen_delay(C), None);
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        pool.abort(C);
+        delays.push(pool.reopen_delay(C).expect("a delay after an abort"));
+    }
+    // 100 ms, 200 ms, ... each within the ±20% jitter, capped at reconnect_max.
+    for (i, delay) in delays.iter().enumerate() {
+        let base = ms(100 * (1 << i));
+        assert!(
+            *delay >= base * 4 / 5 && *delay <= base * 6 / 5,
+            "delay {i}: {delay:?} for a base of {base:?}"
+        );
+    }
+    // Another connection has a backoff of its own.
+    pool.abort(ConnId(8));
+    let other = pool.reopen_delay(ConnId(8)).unwrap();
+    assert!(other <= ms(120), "{other:?}");
+}
+
+/// The aborts remembered for the backoff are bounded: old ones are pruned as the map grows.
+#[test]
+fn remembered_aborts_are_pruned() {
+    let settings = UpstreamSettings {
+        reconnect_min: ms(1),
+        reconnect_max: ms(1),
+        ..tcp_settings(1)
+    };
+    let (mut pool, _events) = new_pool(settings);
+    for i in 0..10_000 {
+        pool.abort(ConnId(1000 + i));
+        if i % 100 == 0 {
+            // Let the earlier ones age past twice reconnect_max.
+            std::thread::sleep(ms(3));
+        }
+    }
+    assert!(
+        pool.aborted.len() < 400,
+        "{} aborts remembered",
+        pool.aborted.len()
+    );
+}
