@@ -459,6 +459,11 @@ fn log_event(event: Event) {
         Event::MessageDropped { client_id, reason } => {
             tracing::debug!(client = %client_id, reason, "message for client dropped")
         }
+        Event::MessageTooLarge { size, total } => tracing::warn!(
+            size,
+            total,
+            "broker message too large for any device; dropped (the connection goes on)"
+        ),
         Event::FrameDropped { peer, reason } => {
             tracing::debug!(%peer, %reason, "frame dropped")
         }

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use mqttsn_core::engine::mqtt::wire::{
-    fixed_header, Incoming, MqttWire, Outgoing, MAX_PACKET_SIZE,
+    fixed_header, FixedHeader, Incoming, MqttWire, Outgoing, MAX_PACKET_SIZE,
 };
 use mqttsn_core::engine::mqtt::{ConnectOptions, ConnectRefusal, MqttError, QoS};
 use rumqttc::mqttbytes::{self, v4 as wire};
@@ -262,6 +262,49 @@ fn check_first_byte(byte1: u8) -> Result<(), String> {
     }
 }
 
+/// A PUBLISH over the size limit: too large for any device, so it is dropped, not the
+/// connection. Only its topic length, topic and packet id are read (at most 65,539 bytes, so
+/// the buffer stays bounded); the rest is consumed as it arrives (`skip`), which keeps the stream
+/// in step. The session acknowledges it so the broker does not resend it forever.
+fn skip_publish(
+    rx: &mut BytesMut,
+    byte1: u8,
+    header: FixedHeader,
+) -> Result<Option<Incoming>, String> {
+    let qos = match (byte1 >> 1) & 0b11 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => return Err("PUBLISH with QoS 3".into()),
+    };
+    let start = header.header_len;
+    let Some(len) = rx.get(start..start + 2) else {
+        return Ok(None);
+    };
+    let topic_len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let pid_at = start + 2 + topic_len;
+    let needed = pid_at + if qos == QoS::AtMostOnce { 0 } else { 2 };
+    if needed > header.packet_len() {
+        return Err("PUBLISH whose topic runs past its end".into());
+    }
+    if rx.len() < needed {
+        rx.reserve(needed - rx.len());
+        return Ok(None);
+    }
+    let pid = match qos {
+        QoS::AtMostOnce => 0,
+        _ => u16::from_be_bytes([rx[pid_at], rx[pid_at + 1]]),
+    };
+    let have = rx.len().min(header.packet_len());
+    let _ = rx.split_to(have);
+    Ok(Some(Incoming::TooLarge {
+        size: header.packet_len(),
+        qos,
+        pid,
+        skip: header.packet_len() - have,
+    }))
+}
+
 /// Takes the next whole packet off the front of `rx`. `Ok(None)` means more bytes are needed
 /// (and room for them is reserved); `Err` is a protocol error after which the stream cannot be
 /// resynchronised. `max_remaining` bounds the remaining length, checked from the fixed header so
@@ -277,6 +320,9 @@ fn read(rx: &mut BytesMut, max_remaining: usize) -> Result<Option<Incoming>, Str
         Err(e) => return Err(format!("malformed packet: {e}")),
     };
     if header.remaining > max_remaining {
+        if byte1 >> 4 == 3 {
+            return skip_publish(rx, byte1, header);
+        }
         return Err(format!(
             "packet with remaining length {} exceeds the limit of {max_remaining}",
             header.remaining

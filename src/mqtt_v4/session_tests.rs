@@ -1101,7 +1101,7 @@ fn garbage_is_a_protocol_error() {
 }
 
 #[test]
-fn oversize_packet_is_refused_from_its_header() {
+fn an_oversize_publish_is_judged_from_its_header_and_not_buffered() {
     let mut s = connected(ConnectOptions {
         max_packet_size: 1000,
         ..options()
@@ -1126,10 +1126,73 @@ fn oversize_packet_is_refused_from_its_header() {
         &[0; 998],
         false,
     )]);
-    // Only the fixed header has arrived.
+    // Only the fixed header has arrived: nothing yet, and nothing buffered beyond the topic.
     s.handle_bytes(T0, &big[..3]);
-    let ev = events(&mut s);
-    assert!(is_protocol_error(&ev), "{ev:?}");
+    assert!(events(&mut s).is_empty());
+    // The rest arrives: the message is dropped, not the connection.
+    s.handle_bytes(T0, &big[3..]);
+    assert_eq!(events(&mut s), [MqttEvent::TooLarge { size: big.len() }]);
+    assert!(s.is_connected());
+}
+
+#[test]
+fn an_oversize_publish_is_skipped_acknowledged_and_the_stream_goes_on() {
+    for (qos, ack) in [
+        (
+            mb::QoS::AtLeastOnce,
+            wire::Packet::PubAck(wire::PubAck::new(41)),
+        ),
+        (
+            mb::QoS::ExactlyOnce,
+            wire::Packet::PubRec(wire::PubRec::new(41)),
+        ),
+    ] {
+        let mut s = connected(ConnectOptions {
+            max_packet_size: 1000,
+            ..options()
+        });
+        let mut stream = encode(&[broker_publish(
+            "huge/retained",
+            qos,
+            41,
+            &[7; 100_000],
+            false,
+        )]);
+        let big = stream.len();
+        stream.extend(encode(&[broker_publish(
+            "small",
+            mb::QoS::AtMostOnce,
+            0,
+            b"after",
+            false,
+        )]));
+        // In small pieces, as TCP delivers them: the skip spans many reads.
+        for chunk in stream.chunks(1_500) {
+            s.handle_bytes(T0, chunk);
+        }
+        let ev = events(&mut s);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev[0], MqttEvent::TooLarge { size: big });
+        assert!(
+            matches!(&ev[1], MqttEvent::Message { topic, payload, .. } if topic == "small" && &payload[..] == b"after"),
+            "{ev:?}"
+        );
+        assert_eq!(sent(&mut s), [ack]);
+        assert!(s.is_connected());
+    }
+}
+
+#[test]
+fn an_oversize_packet_other_than_publish_is_a_protocol_error() {
+    let mut s = connected(ConnectOptions {
+        max_packet_size: 10,
+        ..options()
+    });
+    // A SUBACK claiming 200 return codes.
+    let mut suback = vec![0x90, 0xCA, 0x01, 0x00, 0x01];
+    suback.extend([0u8; 200]);
+    s.handle_bytes(T0, &suback);
+    assert!(is_protocol_error(&events(&mut s)));
 }
 
 #[test]

@@ -165,7 +165,7 @@ struct FileState {
     brokers: usize,
     started: Instant,
     /// Partial MQTT packets per broker connection and direction (true: inbound).
-    partial: HashMap<(u64, bool), Vec<u8>>,
+    partial: HashMap<(u64, bool), Reassembly>,
     /// Times a broker stream could not be cut into packets (written raw instead).
     misframed: u64,
 }
@@ -261,20 +261,23 @@ impl FileState {
         if let (Endpoint::Broker { conn, .. }, Payload::Bytes(bytes)) =
             (&event.peer, &event.payload)
         {
-            let buf = self.partial.entry((*conn, event.inbound)).or_default();
-            buf.extend_from_slice(bytes);
-            let (packets, misframed) = take_packets(buf);
-            let count = packets.len();
-            for (i, packet) in packets.iter().enumerate() {
+            let stream = self.partial.entry((*conn, event.inbound)).or_default();
+            let mut misframed = false;
+            for (packet, cut) in take_packets(stream, bytes) {
                 let entry = if event.inbound {
-                    Entry::input(at, name.clone(), packet)
+                    Entry::input(at, name.clone(), &packet)
                 } else {
-                    Entry::output(at, name.clone(), packet)
+                    Entry::output(at, name.clone(), &packet)
                 };
-                let entry = if misframed && i + 1 == count {
-                    entry.with_comment("not MQTT packets: a malformed or oversized length")
-                } else {
-                    entry
+                let entry = match cut {
+                    None => entry,
+                    Some(Cut::TooLarge) => entry.with_comment(
+                        "the start of a PUBLISH too large for any device; the rest is not recorded",
+                    ),
+                    Some(Cut::Misframed) => {
+                        misframed = true;
+                        entry.with_comment("not MQTT packets: a malformed length")
+                    }
                 };
                 self.out.write_entry(&entry)?;
             }
@@ -296,7 +299,8 @@ impl FileState {
             // the broker's FIN, so the inbound stream ends only with the transport (or a new one).
             let inbound_ends = event.inbound || *control == Control::Open;
             for inbound in [true, false].into_iter().filter(|&i| !i || inbound_ends) {
-                let Some(rest) = self.partial.remove(&(*conn, inbound)) else {
+                let Some(Reassembly { buf: rest, .. }) = self.partial.remove(&(*conn, inbound))
+                else {
                     continue;
                 };
                 if rest.is_empty() {
@@ -354,28 +358,55 @@ fn with_forwarder_node(peer: &Endpoint, payload: &Payload) -> Endpoint {
     peer.clone()
 }
 
-/// The longest MQTT packet a recording waits for: the engine refuses broker packets beyond its
-/// default size limit, and its own packets are far smaller, so a longer declared length means
-/// the stream is misframed, and waiting would only grow the buffer.
+/// The longest MQTT packet a recording waits for: the engine skips broker PUBLISHes beyond its
+/// default size limit and refuses other packets that long, and its own packets are far
+/// smaller, so waiting for more would only grow the buffer.
 const MAX_PACKET: usize = 5 + ConnectOptions::DEFAULT_MAX_PACKET_SIZE;
 
-/// Cuts the whole MQTT packets off the front of `buf`. A malformed or oversized length cannot
-/// be resynchronised: then everything buffered is returned as one raw chunk, the buffer is
-/// emptied, and the flag is set.
-fn take_packets(buf: &mut Vec<u8>) -> (Vec<Vec<u8>>, bool) {
+/// One direction of a broker connection's byte stream, being cut into packets.
+#[derive(Debug, Default)]
+struct Reassembly {
+    /// Bytes of packets not yet whole.
+    buf: Vec<u8>,
+    /// Bytes still to come of a PUBLISH too large to record whole, not kept.
+    skip: usize,
+}
+
+/// Why a recorded chunk is not one whole MQTT packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The start of a PUBLISH over [`MAX_PACKET`], which the engine skips as well; the rest of
+    /// it is not kept, so the stream stays in step without buffering it.
+    TooLarge,
+    /// A malformed length: what was buffered, raw. The stream starts over after it.
+    Misframed,
+}
+
+/// Adds `bytes` to `stream` and cuts the whole MQTT packets off its front, with a [`Cut`] for
+/// each chunk that is not one. Nothing larger than [`MAX_PACKET`] is ever buffered.
+fn take_packets(stream: &mut Reassembly, bytes: &[u8]) -> Vec<(Vec<u8>, Option<Cut>)> {
+    let skipped = stream.skip.min(bytes.len());
+    stream.skip -= skipped;
+    stream.buf.extend_from_slice(&bytes[skipped..]);
+    let buf = &mut stream.buf;
     let mut packets = Vec::new();
     loop {
         match fixed_header(buf) {
+            Ok(Some(header)) if header.packet_len() > MAX_PACKET && buf[0] >> 4 == 3 => {
+                let have = buf.len().min(header.packet_len());
+                stream.skip = header.packet_len() - have;
+                packets.push((buf.drain(..have).collect(), Some(Cut::TooLarge)));
+            }
             Ok(Some(header)) if header.packet_len() > MAX_PACKET => break,
             Ok(Some(header)) if header.packet_len() <= buf.len() => {
-                packets.push(buf.drain(..header.packet_len()).collect());
+                packets.push((buf.drain(..header.packet_len()).collect(), None));
             }
-            Ok(_) => return (packets, false),
+            Ok(_) => return packets,
             Err(MalformedLength) => break,
         }
     }
-    packets.push(std::mem::take(buf));
-    (packets, true)
+    packets.push((std::mem::take(buf), Some(Cut::Misframed)));
+    packets
 }
 
 fn rotated(path: &Path, n: usize) -> PathBuf {
@@ -614,17 +645,38 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_length_is_not_waited_for() {
-        // Declares a 2 MiB PUBLISH: more than any broker packet the engine accepts.
-        let huge = [0x30, 0x80, 0x80, 0x80, 0x01, 0x00, 0x01];
-        let mut buf = huge.to_vec();
-        let (packets, misframed) = take_packets(&mut buf);
-        assert!(misframed);
-        assert_eq!(packets, [huge.to_vec()]);
-        assert!(buf.is_empty() && buf.capacity() == 0);
+    fn an_oversized_publish_is_cut_and_its_rest_skipped() {
+        // Declares a 2 MiB PUBLISH: more than any broker packet the engine takes.
+        let huge = [0x30, 0x80, 0x80, 0x80, 0x01, 0x00, 0x01, b't'];
+        let mut stream = Reassembly::default();
+        assert_eq!(
+            take_packets(&mut stream, &huge),
+            [(huge.to_vec(), Some(Cut::TooLarge))]
+        );
+        assert!(stream.buf.is_empty());
+        assert_eq!(stream.skip, (1 << 21) + 5 - huge.len());
+        // Its rest is skipped, however it arrives, and the next packet is whole again.
+        let rest = vec![0u8; stream.skip];
+        for chunk in rest.chunks(65_536) {
+            assert_eq!(take_packets(&mut stream, chunk), []);
+        }
+        assert_eq!(
+            take_packets(&mut stream, &[0xD0, 0x00]),
+            [(vec![0xD0, 0x00], None)]
+        );
+        // Any other packet type that long cannot be skipped: misframed.
+        let mut stream = Reassembly::default();
+        let suback = [0x90, 0x80, 0x80, 0x80, 0x01];
+        assert_eq!(
+            take_packets(&mut stream, &suback),
+            [(suback.to_vec(), Some(Cut::Misframed))]
+        );
         // Short of the limit, a partial packet is kept until the rest arrives.
-        let mut buf = vec![0x30, 0x80, 0x80, 0x01, 0x00];
-        assert_eq!(take_packets(&mut buf), (Vec::new(), false));
-        assert_eq!(buf.len(), 5);
+        let mut stream = Reassembly::default();
+        assert_eq!(
+            take_packets(&mut stream, &[0x30, 0x80, 0x80, 0x01, 0x00]),
+            []
+        );
+        assert_eq!(stream.buf.len(), 5);
     }
 }

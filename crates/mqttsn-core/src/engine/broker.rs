@@ -136,6 +136,16 @@ impl Gateway {
                 self.on_subscribed(token, granted.first().copied().flatten().map(Into::into))
             }
             MqttEvent::Unsubscribed { .. } => {}
+            MqttEvent::TooLarge { size } => {
+                self.counters.too_large_dropped += 1;
+                let total = self.counters.too_large_dropped;
+                // Reported at 1, 2, 4, 8, ...: a retained message too large for any device,
+                // sent again on every subscribe, cannot flood the log.
+                if total.is_power_of_two() {
+                    self.events
+                        .push_back(Event::MessageTooLarge { size, total });
+                }
+            }
             MqttEvent::ProtocolError(_)
             | MqttEvent::KeepAliveTimeout
             | MqttEvent::ConnectTimeout => {

@@ -54,6 +54,9 @@ pub struct Counters {
     pub clients_lost: u64,
     /// CONNECTs refused.
     pub connects_rejected: u64,
+    /// Broker messages too large for any device (over the session's size limit), dropped
+    /// without dropping the broker connection.
+    pub too_large_dropped: u64,
 }
 
 /// An upstream connection and the session state behind it.

@@ -120,6 +120,14 @@ pub enum Event {
         /// Why.
         reason: &'static str,
     },
+    /// A broker message too large for any device was dropped (reported at the 1st, 2nd,
+    /// 4th, 8th, ... such message).
+    MessageTooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// How many have been dropped so far.
+        total: u64,
+    },
     /// A frame from a device was dropped without an answer.
     FrameDropped {
         /// Where it came from.

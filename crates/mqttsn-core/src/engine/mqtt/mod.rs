@@ -235,6 +235,12 @@ pub enum MqttEvent {
         /// The token given to [`MqttSession::unsubscribe`].
         token: u64,
     },
+    /// The broker sent a PUBLISH larger than [`ConnectOptions::max_packet_size`]: it was
+    /// skipped (and acknowledged at QoS 1/2), and the connection goes on.
+    TooLarge {
+        /// The packet's size.
+        size: usize,
+    },
     /// The broker sent something malformed, oversize, or out of place. The stream cannot be
     /// trusted any more: the engine closes the connection. Further input is ignored until
     /// [`MqttSession::handle_disconnected`].
@@ -371,6 +377,8 @@ pub struct MqttSession {
     state: State,
     /// Received bytes not yet forming a whole packet; reused across reads.
     rx: BytesMut,
+    /// Bytes still to come of a PUBLISH too large to take, discarded as they arrive.
+    skip: usize,
     /// Bytes queued for the socket; handed out whole by `poll_transmit`.
     tx: BytesMut,
     events: VecDeque<MqttEvent>,
@@ -405,6 +413,7 @@ impl MqttSession {
             max_packet_size: options.max_packet_size,
             state: State::Down,
             rx: BytesMut::new(),
+            skip: 0,
             tx: BytesMut::new(),
             events: VecDeque::new(),
             last_sent: Instant::ZERO,
@@ -454,7 +463,9 @@ impl MqttSession {
         if !matches!(self.state, State::AwaitingConnAck { .. } | State::Connected) {
             return;
         }
-        self.rx.extend_from_slice(bytes);
+        let skipped = self.skip.min(bytes.len());
+        self.skip -= skipped;
+        self.rx.extend_from_slice(&bytes[skipped..]);
         loop {
             match self.wire.read(&mut self.rx, self.max_packet_size) {
                 Ok(Some(packet)) => {
@@ -662,6 +673,7 @@ impl MqttSession {
     /// Clears what belongs to one transport.
     fn reset_transport(&mut self) {
         self.rx.clear();
+        self.skip = 0;
         self.tx.clear();
         self.ping_deadline = None;
         self.queued_qos0.clear();
@@ -929,6 +941,25 @@ impl MqttSession {
                 self.write(now, Packet::PubComp(pid));
             }
             Incoming::PingResp => self.ping_deadline = None,
+            Incoming::TooLarge {
+                size,
+                qos,
+                pid,
+                skip,
+            } => {
+                self.skip = skip;
+                // Acknowledged, so the broker does not resend it forever: no device could take
+                // it, and the engine counts it as dropped.
+                match qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => self.write(now, Packet::PubAck(pid)),
+                    QoS::ExactlyOnce => {
+                        self.incoming.insert(pid, InState::Qos2Accepted);
+                        self.write(now, Packet::PubRec(pid));
+                    }
+                }
+                self.events.push_back(MqttEvent::TooLarge { size });
+            }
         }
     }
 

@@ -120,6 +120,18 @@ pub enum Incoming {
     UnsubAck(u16),
     /// PINGRESP.
     PingResp,
+    /// A PUBLISH larger than the session accepts, read only as far as its packet id: the
+    /// message is dropped, and the next `skip` bytes of the stream are the rest of it.
+    TooLarge {
+        /// The whole packet's size.
+        size: usize,
+        /// Its QoS.
+        qos: QoS,
+        /// Its packet id; zero at QoS 0.
+        pid: u16,
+        /// Bytes of it still to come, to be discarded as they arrive.
+        skip: usize,
+    },
 }
 
 impl Incoming {
@@ -135,6 +147,7 @@ impl Incoming {
             Incoming::SubAck { .. } => "SUBACK",
             Incoming::UnsubAck(_) => "UNSUBACK",
             Incoming::PingResp => "PINGRESP",
+            Incoming::TooLarge { .. } => "PUBLISH",
         }
     }
 }
