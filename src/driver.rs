@@ -459,6 +459,9 @@ fn log_event(event: Event) {
         Event::MessageDropped { client_id, reason } => {
             tracing::debug!(client = %client_id, reason, "message for client dropped")
         }
+        Event::SessionExpired { client_id } => {
+            tracing::info!(client = %client_id, "kept session expired")
+        }
         Event::MessageTooLarge { size, total } => tracing::warn!(
             size,
             total,

@@ -39,6 +39,8 @@ impl Config {
             password: self.upstream.password.clone(),
             upstream_keep_alive: self.upstream.keep_alive,
             predefined: self.predefined.clone(),
+            max_idle: self.sessions.max_idle,
+            session_expiry: self.sessions.expiry,
             hash_seed,
         }
     }

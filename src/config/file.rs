@@ -18,8 +18,8 @@ use super::error::line_and_column;
 use super::value::DURATION_EXPECTED;
 use super::{
     Config, ConfigError, DropPolicy, Framing, GatewayConfig, Mode, MulticastInterface, Parity,
-    PredefinedTopic, SerialConfig, SleepConfig, TimersConfig, UdpConfig, UpstreamConfig,
-    UpstreamUrl,
+    PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig, TimersConfig, UdpConfig,
+    UpstreamConfig, UpstreamUrl,
 };
 use crate::time::Duration;
 
@@ -54,6 +54,7 @@ struct RawConfig {
     predefined: Vec<RawPredefined>,
     timers: RawTimers,
     sleep: RawSleep,
+    sessions: RawSessions,
 }
 
 #[derive(Deserialize, Default)]
@@ -132,6 +133,13 @@ struct RawTimers {
     t_retry: Field<toml::Value>,
     n_retry: Field<i64>,
     t_adv: Field<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawSessions {
+    max_idle: Field<toml::Value>,
+    expiry: Field<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -361,6 +369,7 @@ impl RawConfig {
             predefined: check_predefined(&self.predefined, cx)?,
             timers: self.timers.check(cx)?,
             sleep: self.sleep.check(cx)?,
+            sessions: self.sessions.check(cx)?,
         })
     }
 }
@@ -701,6 +710,25 @@ impl RawTimers {
             t_adv: cx
                 .seconds(&self.t_adv, "timers.t_adv", 1..=65535)?
                 .unwrap_or(d.t_adv),
+        })
+    }
+}
+
+impl RawSessions {
+    fn check(&self, cx: &Cx) -> Result<SessionsConfig, ConfigError> {
+        let d = SessionsConfig::default();
+        let positive = |field: &Field<toml::Value>, key: &str, default: Duration| match cx
+            .duration(field, key)?
+        {
+            Some((duration, span)) if duration == Duration::ZERO => {
+                Err(cx.invalid(span, key, "must be more than 0s"))
+            }
+            Some((duration, _)) => Ok(duration),
+            None => Ok(default),
+        };
+        Ok(SessionsConfig {
+            max_idle: positive(&self.max_idle, "sessions.max_idle", d.max_idle)?,
+            expiry: positive(&self.expiry, "sessions.expiry", d.expiry)?,
         })
     }
 }

@@ -45,6 +45,29 @@ pub struct Config {
     pub timers: TimersConfig,
     /// `[sleep]`: buffering for sleeping clients.
     pub sleep: SleepConfig,
+    /// `[sessions]`: how long sessions without supervision are kept.
+    pub sessions: SessionsConfig,
+}
+
+/// `[sessions]`: limits on sessions the protocol itself never ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionsConfig {
+    /// A device that connected with keep-alive 0 (no supervision, §5.4.4) is lost after this
+    /// long without a frame, so that a flood of such CONNECTs cannot fill the session table
+    /// for ever.
+    pub max_idle: Duration,
+    /// A CleanSession=0 session kept for a device that is gone is deleted after this long
+    /// without the device coming back (with its subscriptions, topic ids and held messages).
+    pub expiry: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            max_idle: Duration::from_secs(3600),
+            expiry: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 impl Config {
@@ -287,6 +310,7 @@ impl Default for Config {
             predefined: Vec::new(),
             timers: TimersConfig::default(),
             sleep: SleepConfig::default(),
+            sessions: SessionsConfig::default(),
         }
     }
 }

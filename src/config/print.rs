@@ -109,6 +109,11 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.raw("max_bytes", s.max_bytes);
     out.string("drop_policy", s.drop_policy.as_str());
 
+    let s = &config.sessions;
+    out.table("[sessions]");
+    out.string("max_idle", &s.max_idle.to_string());
+    out.string("expiry", &s.expiry.to_string());
+
     out.0
 }
 

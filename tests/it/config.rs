@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use mqttsn_gateway::config::{
     Config, ConfigError, DropPolicy, Framing, GatewayConfig, Mode, MulticastInterface, Parity,
-    PredefinedTopic, SerialConfig, SleepConfig, TimersConfig, UdpConfig, UpstreamConfig,
-    UpstreamUrl,
+    PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig, TimersConfig, UdpConfig,
+    UpstreamConfig, UpstreamUrl,
 };
 use mqttsn_gateway::time::Duration;
 
@@ -151,6 +151,10 @@ t_adv = 60
 max_messages = 1
 max_bytes = 1
 drop_policy = "drop-newest"
+
+[sessions]
+max_idle = "90s"
+expiry = "2h"
 "#;
 
 /// What `FULL` must load as: every key set, none to its default.
@@ -240,6 +244,10 @@ fn full_config() -> Config {
             max_messages: 1,
             max_bytes: 1,
             drop_policy: DropPolicy::DropNewest,
+        },
+        sessions: SessionsConfig {
+            max_idle: Duration::from_secs(90),
+            expiry: Duration::from_secs(7200),
         },
     }
 }

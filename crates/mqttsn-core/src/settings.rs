@@ -75,6 +75,10 @@ pub struct Settings {
     pub upstream_keep_alive: Duration,
     /// Predefined topic ids.
     pub predefined: Vec<PredefinedTopic>,
+    /// Longest silence of a device connected with keep-alive 0.
+    pub max_idle: Duration,
+    /// How long a kept (CleanSession=0) session of a departed device survives.
+    pub session_expiry: Duration,
     /// Keys of the engine's hash maps: random in production, fixed in tests.
     pub hash_seed: HashSeed,
 }
@@ -100,6 +104,8 @@ impl fmt::Debug for Settings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("upstream_keep_alive", &self.upstream_keep_alive)
             .field("predefined", &self.predefined)
+            .field("max_idle", &self.max_idle)
+            .field("session_expiry", &self.session_expiry)
             .finish_non_exhaustive()
     }
 }

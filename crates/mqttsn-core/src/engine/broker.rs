@@ -513,6 +513,9 @@ impl Gateway {
         }
         if clean {
             self.remove_client(key);
+        } else {
+            // Kept, but not for ever: `sessions.expiry` from now.
+            self.supervise(key);
         }
     }
 

@@ -681,6 +681,9 @@ impl Gateway {
             .push_back(Event::ClientDisconnected { client_id });
         if clean {
             self.remove_client(key);
+        } else {
+            // Kept, but not for ever: `sessions.expiry` from now.
+            self.supervise(key);
         }
     }
 

@@ -54,6 +54,8 @@ pub struct Counters {
     pub clients_lost: u64,
     /// CONNECTs refused.
     pub connects_rejected: u64,
+    /// Kept (CleanSession=0) sessions deleted after `sessions.expiry` without their device.
+    pub sessions_expired: u64,
     /// Broker messages too large for any device (over the session's size limit), dropped
     /// without dropping the broker connection.
     pub too_large_dropped: u64,
@@ -380,7 +382,8 @@ impl Gateway {
     pub(super) fn silence_allowed(&self, client: &Client) -> Option<Duration> {
         let secs = match client.state {
             State::Asleep | State::Awake => client.sleep_secs,
-            State::Disconnected => return None,
+            // A kept session of a departed device: deleted after `session_expiry`.
+            State::Disconnected => return Some(self.settings.session_expiry),
             _ => client.keep_alive_secs,
         };
         let handshake = matches!(
@@ -396,7 +399,9 @@ impl Gateway {
             ));
         }
         if secs == 0 {
-            return None; // keep-alive 0: no supervision (§5.4.4)
+            // Keep-alive 0 asks for no supervision (§5.4.4); a session that can be opened for
+            // free must still end some time, or a flood of them fills the table for good.
+            return Some(self.settings.max_idle);
         }
         let ms = f64::from(secs) * 1000.0 * self.settings.keep_alive_tolerance;
         Some(Duration::from_millis(ms as u64))
@@ -445,8 +450,18 @@ impl Gateway {
             return;
         };
         let last_seen = self.client(key).map_or(now, |c| c.last_seen);
+        let departed = self
+            .client(key)
+            .is_some_and(|c| c.state == State::Disconnected);
         if last_seen + allowed > now {
             self.supervise(key);
+        } else if departed {
+            // Its device never came back: the kept session goes, held messages counted.
+            self.counters.sessions_expired += 1;
+            if let Some(client_id) = self.client(key).map(|c| c.client_id.clone()) {
+                self.events.push_back(Event::SessionExpired { client_id });
+            }
+            self.remove_client(key);
         } else {
             self.lose_client(key, "no sign of life within keep-alive or sleep duration");
         }

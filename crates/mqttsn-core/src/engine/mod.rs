@@ -99,6 +99,11 @@ pub enum Event {
         /// Its ClientId.
         client_id: Arc<str>,
     },
+    /// A kept session was deleted: its device did not come back within `sessions.expiry`.
+    SessionExpired {
+        /// Its ClientId.
+        client_id: Arc<str>,
+    },
     /// A device was declared lost (its will, if any, fires).
     ClientLost {
         /// Its ClientId.
