@@ -34,6 +34,7 @@ impl Config {
                     DropPolicy::DropNewest => Overflow::DropNewest,
                 },
             },
+            sleep_max_total: self.sleep.max_total_bytes,
             client_id_prefix: self.upstream.client_id_prefix.clone(),
             username: self.upstream.username.clone(),
             password: self.upstream.password.clone(),
@@ -55,6 +56,7 @@ mod tests {
         let mut config = Config::default();
         config.sleep.max_messages = 3;
         config.sleep.max_bytes = 7;
+        config.sleep.max_total_bytes = 70;
         config.sleep.drop_policy = DropPolicy::DropNewest;
         let settings = config.engine_settings(HashSeed(1, 2));
         assert_eq!(
@@ -65,6 +67,7 @@ mod tests {
                 overflow: Overflow::DropNewest
             }
         );
+        assert_eq!(settings.sleep_max_total, 70);
         assert_eq!(settings.hash_seed, HashSeed(1, 2));
         assert_eq!(settings.mode, config.gateway.mode);
     }

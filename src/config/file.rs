@@ -147,6 +147,7 @@ struct RawSessions {
 struct RawSleep {
     max_messages: Field<i64>,
     max_bytes: Field<i64>,
+    max_total_bytes: Field<i64>,
     drop_policy: Field<DropPolicy>,
 }
 
@@ -743,6 +744,9 @@ impl RawSleep {
             max_bytes: cx
                 .int(&self.max_bytes, "sleep.max_bytes", 1..=i64::MAX)?
                 .unwrap_or(d.max_bytes),
+            max_total_bytes: cx
+                .int(&self.max_total_bytes, "sleep.max_total_bytes", 1..=i64::MAX)?
+                .unwrap_or(d.max_total_bytes),
             drop_policy: value(&self.drop_policy).unwrap_or(d.drop_policy),
         })
     }

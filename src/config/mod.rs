@@ -248,6 +248,9 @@ pub struct SleepConfig {
     pub max_messages: usize,
     /// Most payload bytes held per client.
     pub max_bytes: usize,
+    /// Most bytes held for all clients together; when reached, the client's drop policy
+    /// decides what gives way, as when its own buffer is full.
+    pub max_total_bytes: usize,
     /// What gives way when a client's buffer is full.
     pub drop_policy: DropPolicy,
 }
@@ -425,6 +428,7 @@ impl Default for SleepConfig {
         SleepConfig {
             max_messages: 100,
             max_bytes: 65_536,
+            max_total_bytes: 64 * 1024 * 1024,
             drop_policy: DropPolicy::DropOldest,
         }
     }

@@ -107,6 +107,7 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.table("[sleep]");
     out.raw("max_messages", s.max_messages);
     out.raw("max_bytes", s.max_bytes);
+    out.raw("max_total_bytes", s.max_total_bytes);
     out.string("drop_policy", s.drop_policy.as_str());
 
     let s = &config.sessions;

@@ -150,6 +150,7 @@ t_adv = 60
 [sleep]
 max_messages = 1
 max_bytes = 1
+max_total_bytes = 5
 drop_policy = "drop-newest"
 
 [sessions]
@@ -243,6 +244,7 @@ fn full_config() -> Config {
         sleep: SleepConfig {
             max_messages: 1,
             max_bytes: 1,
+            max_total_bytes: 5,
             drop_policy: DropPolicy::DropNewest,
         },
         sessions: SessionsConfig {
@@ -588,7 +590,7 @@ fn unknown_keys_are_rejected_in_every_table() {
     let e = invalid("[sleep]\nmax = 1");
     assert_eq!(
         e.message,
-        "unknown key \"max\", expected one of max_messages, max_bytes, drop_policy"
+        "unknown key \"max\", expected one of max_messages, max_bytes, max_total_bytes, drop_policy"
     );
 }
 

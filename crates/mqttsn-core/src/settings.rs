@@ -65,6 +65,8 @@ pub struct Settings {
     pub t_adv: Duration,
     /// Bounds of each sleeping client's buffer.
     pub sleep: SleepLimits,
+    /// Most bytes held for all clients together.
+    pub sleep_max_total: usize,
     /// Prefix of every broker client id the gateway uses.
     pub client_id_prefix: String,
     /// Broker user name.
@@ -99,6 +101,7 @@ impl fmt::Debug for Settings {
             .field("n_retry", &self.n_retry)
             .field("t_adv", &self.t_adv)
             .field("sleep", &self.sleep)
+            .field("sleep_max_total", &self.sleep_max_total)
             .field("client_id_prefix", &self.client_id_prefix)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))

@@ -163,6 +163,8 @@ proptest! {
         let broker_frames = broker_pool();
         let mut config = Config::default();
         config.sleep.max_messages = 3;
+        // Small enough that the total bound is reached and enforced in many runs.
+        config.sleep.max_total_bytes = 12;
         let mut gw = Gateway::new(config.engine_settings(HashSeed(1, 2)), &MQTT_V4);
         let mut now = 0u64;
         gw.handle_upstream(Instant::ZERO, ConnId::GATEWAY, UpstreamEvent::Connected);
@@ -197,6 +199,9 @@ proptest! {
                 }
             }
             drain(&mut gw);
+            // The running total of held bytes is what the sessions hold, and within its bound.
+            prop_assert_eq!(gw.held_bytes(), gw.held_bytes_recounted());
+            prop_assert!(gw.held_bytes() <= 12, "{} bytes held", gw.held_bytes());
         }
         // Afterwards a well-behaved device is served: reconnect the broker, then CONNECT.
         let t = Instant::from_millis(now);

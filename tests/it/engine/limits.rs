@@ -108,3 +108,80 @@ fn names_nobody_uses_are_given_back() {
         );
     }
 }
+
+/// `sleep.max_total_bytes` bounds what all sleepers hold together, and the running total the
+/// bound is checked against stays equal to what the sessions really hold, through buffering,
+/// dropping and delivery on wake-up.
+#[test]
+fn sleepers_together_hold_no_more_than_the_total_bound() {
+    let config = Config::from_toml_str("[sleep]\nmax_total_bytes = 100\n", "test").unwrap();
+    let mut gw = Gateway::new(config.engine_settings(HashSeed(9, 9)), &MQTT_V4);
+    let conn = mqttsn_gateway::engine::ConnId::GATEWAY;
+    gw.handle_upstream(Instant::ZERO, conn, UpstreamEvent::Connected);
+    gw.handle_upstream(
+        Instant::ZERO,
+        conn,
+        UpstreamEvent::Data(&[0x20, 0x02, 0x00, 0x00]),
+    );
+    drain(&mut gw);
+    let mut sleepers = Vec::new();
+    for (n, pid) in [(3u8, 1u8), (4, 2)] {
+        let dev = connected(&mut gw, n);
+        let _ = send(
+            &mut gw,
+            dev,
+            Message::Subscribe(mqttsn_gateway::codec::Subscribe {
+                dup: false,
+                qos: mqttsn_gateway::codec::QoS::Zero,
+                msg_id: 1,
+                topic: TopicFilter::Name("t"),
+            }),
+        );
+        // The broker grants the gateway's SUBSCRIBE for this device.
+        gw.handle_upstream(
+            Instant::ZERO,
+            conn,
+            UpstreamEvent::Data(&[0x90, 0x03, 0x00, pid, 0x00]),
+        );
+        let suback = drain(&mut gw);
+        assert!(
+            matches!(Message::decode(&suback[0]), Ok(Message::SubAck(_))),
+            "{suback:?}"
+        );
+        let _ = send(
+            &mut gw,
+            dev,
+            Message::Disconnect {
+                duration: Some(600),
+            },
+        );
+        sleepers.push(dev);
+    }
+    // Ten QoS 0 messages of 30 bytes for both sleepers: 20 copies of 31 bytes (payload and
+    // topic) would be 620 bytes.
+    let mut publish = vec![0x30, 0x21, 0x00, 0x01, b't'];
+    publish.extend([7u8; 30]);
+    for _ in 0..10 {
+        gw.handle_upstream(Instant::from_millis(2), conn, UpstreamEvent::Data(&publish));
+        drain(&mut gw);
+        assert!(gw.held_bytes() <= 100, "{} bytes held", gw.held_bytes());
+        assert_eq!(gw.held_bytes(), gw.held_bytes_recounted());
+    }
+    assert_eq!(gw.held_bytes(), 93, "three copies fit in 100 bytes");
+    // The first sleeper wakes and gets what it holds; its bytes are released.
+    let replies = send(
+        &mut gw,
+        sleepers[0],
+        Message::PingReq {
+            client_id: Some("dev3"),
+        },
+    );
+    assert!(replies.len() >= 2, "{replies:?}");
+    assert_eq!(
+        replies.last().map(Vec::as_slice),
+        Some(&[0x02, 0x17][..]),
+        "PINGRESP last"
+    );
+    assert_eq!(gw.held_bytes(), gw.held_bytes_recounted());
+    assert!(gw.held_bytes() < 93);
+}

@@ -454,6 +454,14 @@ impl Gateway {
                 }
             }
         }
+        // The payload arrives as a slice of the session's receive buffer: held for a sleeper,
+        // it would pin the whole buffer (a 16-byte message kept 200 KB alive). One copy of its
+        // own, shared by every target, makes what `sleep.max_bytes` counts the real memory.
+        let payload = if targets.is_empty() {
+            payload
+        } else {
+            Bytes::copy_from_slice(&payload)
+        };
         for &(key, granted) in &targets {
             let down = super::client::Down {
                 topic: topic.clone(),

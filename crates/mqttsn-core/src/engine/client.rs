@@ -67,6 +67,14 @@ pub struct Down {
     pub retain: bool,
 }
 
+impl Down {
+    /// What a held message is charged against `sleep.max_bytes` and `sleep.max_total_bytes`:
+    /// its payload (a copy of its own) and its topic name.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.topic.len()
+    }
+}
+
 /// The one unacknowledged message the gateway has sent to a device.
 #[derive(Debug, Clone)]
 pub struct Inflight {
@@ -260,6 +268,11 @@ impl Client {
         let down = self.queue.as_mut()?.pop_front();
         self.drop_empty_queue();
         down
+    }
+
+    /// Bytes the messages waiting are charged (see [`Down::size`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.bytes())
     }
 
     /// Number of messages waiting.

@@ -10,20 +10,37 @@ use crate::codec::{Message, PubAck, Publish, QoS, RegAck, Register, ReturnCode, 
 use crate::time::Instant;
 
 impl Gateway {
+    /// Takes a message that left a client's queue off the total held for all clients.
+    pub(super) fn release(&mut self, down: Option<&Down>) {
+        if let Some(down) = down {
+            self.held_bytes = self.held_bytes.saturating_sub(down.size());
+        }
+    }
+
     /// Queues a message for a device and sends what can be sent now.
     pub(super) fn deliver(&mut self, now: Instant, key: ClientKey, down: Down) {
-        let limits = self.settings.sleep;
+        let mut limits = self.settings.sleep;
+        let free = self
+            .settings
+            .sleep_max_total
+            .saturating_sub(self.held_bytes);
         let Some(client) = self.client_mut(key) else {
             return;
         };
-        let size = down.payload.len() + down.topic.len();
+        // Every sleeper together stays within `sleep.max_total_bytes`: this client may use its
+        // own bytes plus what is free in total, and its drop policy decides what gives way.
+        limits.max_bytes = limits.max_bytes.min(client.queued_bytes() + free);
+        let size = down.size();
         let outcome = client.push_down(down, size, &limits);
         let client_id = client.client_id.clone();
-        let dropped = match outcome {
-            PushOutcome::Stored => 0,
-            PushOutcome::StoredAfterDropping(old) => old.len(),
-            PushOutcome::Refused(_) => 1,
+        let (dropped, released) = match &outcome {
+            PushOutcome::Stored => (0, 0),
+            PushOutcome::StoredAfterDropping(old) => {
+                (old.len(), old.iter().map(Down::size).sum::<usize>())
+            }
+            PushOutcome::Refused(_) => (1, size),
         };
+        self.held_bytes = (self.held_bytes + size).saturating_sub(released);
         if dropped > 0 {
             self.counters.messages_dropped += dropped as u64;
             for _ in 0..dropped {
@@ -53,7 +70,8 @@ impl Gateway {
             let topic = front.topic.clone();
             let client_id = client.client_id.clone();
             if client.refuses(&topic) {
-                client.pop_down();
+                let dropped = client.pop_down();
+                self.release(dropped.as_ref());
                 self.counters.messages_dropped += 1;
                 self.events.push_back(Event::MessageDropped {
                     client_id,
@@ -84,6 +102,7 @@ impl Gateway {
                 client.next_msg_id()
             };
             let peer = client.peer;
+            self.release(Some(&down));
             let publish = Message::Publish(Publish {
                 dup: false,
                 qos: down.qos,
@@ -133,8 +152,9 @@ impl Gateway {
             Ok(id) => id,
             Err(_) => {
                 // No id left for this device: the message cannot be delivered.
-                client.pop_down();
+                let dropped = client.pop_down();
                 let client_id = client.client_id.clone();
+                self.release(dropped.as_ref());
                 self.counters.messages_dropped += 1;
                 self.events.push_back(Event::MessageDropped {
                     client_id,

@@ -215,7 +215,7 @@ impl Gateway {
                 self.insert_client(Arc::from(c.client_id), peer, now)
             }
         };
-        let wiped = {
+        let (wiped, released) = {
             let Some(client) = self.client_mut(key) else {
                 return;
             };
@@ -223,6 +223,7 @@ impl Gateway {
             client.last_seen = now;
             client.keep_alive_secs = c.duration;
             let wipe = c.clean_session && !resumed;
+            let held = client.queued_bytes();
             if wipe {
                 client.wipe();
             }
@@ -231,8 +232,9 @@ impl Gateway {
                 client.will = None;
                 client.state = State::WillTopic;
             }
-            wipe
+            (wipe, if wipe { held } else { 0 })
         };
+        self.held_bytes = self.held_bytes.saturating_sub(released);
         if wiped && self.settings.mode == Mode::Aggregating {
             for change in self.subscriptions.remove_client(key) {
                 self.apply_upstream_change(change);

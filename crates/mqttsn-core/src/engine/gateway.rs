@@ -104,6 +104,8 @@ pub struct Gateway {
     pub(super) scratch: Vec<(ClientKey, crate::codec::QoS)>,
     /// The latest time an input carried (for helpers deep in a call chain).
     pub(super) now: Instant,
+    /// Bytes held in every client's queue together (`sleep.max_total_bytes` bounds it).
+    pub(super) held_bytes: usize,
 }
 
 impl Gateway {
@@ -134,6 +136,7 @@ impl Gateway {
             retained_for: HashMap::with_hasher(seed),
             scratch: Vec::new(),
             now: Instant::ZERO,
+            held_bytes: 0,
         };
         let id = format!(
             "{}gateway-{}",
@@ -245,6 +248,17 @@ impl Gateway {
         self.counters
     }
 
+    /// Bytes of messages held for devices (sleeping, or not yet sent), all together.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// [`Gateway::held_bytes`] counted afresh over every session: equal to it unless the
+    /// accounting is wrong (for tests; O(sessions)).
+    pub fn held_bytes_recounted(&self) -> usize {
+        self.clients.iter().map(|(_, c)| c.queued_bytes()).sum()
+    }
+
     /// Distinct topic names and filters held in memory for all sessions together.
     pub fn interned_names(&self) -> usize {
         self.interner.len()
@@ -309,6 +323,7 @@ impl Gateway {
         }
         if client.queued() > 0 {
             self.counters.messages_dropped += client.queued() as u64;
+            self.held_bytes = self.held_bytes.saturating_sub(client.queued_bytes());
         }
         if self.settings.mode == Mode::Aggregating {
             if !self.retained_for.is_empty() {
