@@ -355,8 +355,10 @@ impl UpstreamPool {
     /// lately, else nothing.
     fn reopen_delay(&mut self, conn: ConnId) -> Option<Duration> {
         let aborted = self.aborted.get_mut(&conn)?;
-        aborted.reopened = std::time::Instant::now();
-        Some(aborted.backoff.next_delay())
+        let delay = aborted.backoff.next_delay();
+        // Up from when the connection is tried again, not from now: the wait is no uptime.
+        aborted.reopened = std::time::Instant::now() + delay;
+        Some(delay)
     }
 
     /// Notes an abort for [`UpstreamPool::open`]'s backoff. Entries older than twice
@@ -374,7 +376,7 @@ impl UpstreamPool {
             reopened: now,
             at: now,
         });
-        if now.duration_since(aborted.reopened) >= settings.reconnect_max {
+        if now.saturating_duration_since(aborted.reopened) >= settings.reconnect_max {
             // The connection stayed up a while before this abort: start from the minimum.
             aborted.backoff.reset();
         }

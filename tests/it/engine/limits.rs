@@ -168,6 +168,34 @@ fn sleepers_together_hold_no_more_than_the_total_bound() {
         assert_eq!(gw.held_bytes(), gw.held_bytes_recounted());
     }
     assert_eq!(gw.held_bytes(), 93, "three copies fit in 100 bytes");
+    // The total is nearly used up by sleepers, but a device taking messages now still gets them.
+    let awake = connected(&mut gw, 5);
+    let _ = send(
+        &mut gw,
+        awake,
+        Message::Subscribe(mqttsn_gateway::codec::Subscribe {
+            dup: false,
+            qos: mqttsn_gateway::codec::QoS::Zero,
+            msg_id: 1,
+            topic: TopicFilter::Name("t"),
+        }),
+    );
+    gw.handle_upstream(
+        Instant::ZERO,
+        conn,
+        UpstreamEvent::Data(&[0x90, 0x03, 0x00, 0x03, 0x00]),
+    );
+    drain(&mut gw);
+    gw.handle_upstream(Instant::from_millis(3), conn, UpstreamEvent::Data(&publish));
+    let out: Vec<_> = std::iter::from_fn(|| gw.poll_transmit()).collect();
+    drain(&mut gw);
+    assert!(
+        out.iter()
+            .any(|t| t.to == mqttsn_gateway::engine::Destination::Peer(awake)
+                && matches!(Message::decode(&t.bytes), Ok(Message::Publish(_)))),
+        "the awake device got nothing: {out:?}"
+    );
+    assert_eq!(gw.held_bytes(), gw.held_bytes_recounted());
     // The first sleeper wakes and gets what it holds; its bytes are released.
     let replies = send(
         &mut gw,

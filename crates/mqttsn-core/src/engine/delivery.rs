@@ -27,9 +27,13 @@ impl Gateway {
         let Some(client) = self.client_mut(key) else {
             return;
         };
-        // Every sleeper together stays within `sleep.max_total_bytes`: this client may use its
-        // own bytes plus what is free in total, and its drop policy decides what gives way.
-        limits.max_bytes = limits.max_bytes.min(client.queued_bytes() + free);
+        // Every client that holds messages (asleep, gone with a kept session, connecting)
+        // stays within `sleep.max_total_bytes` together: it may use its own bytes plus what is
+        // free in total, and its drop policy decides what gives way. A device taking messages
+        // now is bounded by its own buffer only, so held sessions cannot starve live ones.
+        if !client.state.delivers() {
+            limits.max_bytes = limits.max_bytes.min(client.queued_bytes() + free);
+        }
         let size = down.size();
         let outcome = client.push_down(down, size, &limits);
         let client_id = client.client_id.clone();

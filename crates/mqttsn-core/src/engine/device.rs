@@ -76,7 +76,11 @@ impl Gateway {
         let Some(client) = self.client_mut(key) else {
             return;
         };
-        client.last_seen = now;
+        // A departed device's kept session ages from its departure: frames from its old
+        // address (which only get DISCONNECT) must not hold it past `sessions.expiry`.
+        if client.state != State::Disconnected {
+            client.last_seen = now;
+        }
         let state = client.state;
         match (state, msg) {
             (State::WillTopic, Message::WillTopic(will)) => self.on_will_topic(now, key, will),
@@ -346,7 +350,20 @@ impl Gateway {
     }
 
     fn on_register(&mut self, key: ClientKey, msg_id: u16, name: &str) {
-        let room = self.client(key).map(|c| c.registry.check_room(name));
+        // The limit is on the names a device registers itself; the ids the gateway assigns
+        // for its own REGISTERs (wildcard subscriptions) stay within the registry's range.
+        let max = self.settings.max_topics_per_client;
+        let room = self.client(key).map(|c| {
+            c.registry.check_room(name).and_then(|()| {
+                if c.registry.id(name).is_some() || c.registry.len() < max {
+                    Ok(())
+                } else {
+                    Err(super::registry::RegistryError::TooManyTopics {
+                        max: u16::try_from(max).unwrap_or(u16::MAX),
+                    })
+                }
+            })
+        });
         let (topic_id, rc) = if topic::validate_topic_name(name).is_err() {
             (0, ReturnCode::NotSupported)
         } else if !matches!(room, Some(Ok(()))) {

@@ -7,7 +7,7 @@ use super::client::{Client, State};
 use super::mqtt::wire::MqttWire;
 use super::mqtt::{ConnectOptions, LastWill, MqttError, MqttSession};
 use super::peer::{Destination, PeerAddr, Transmit};
-use super::registry::{PredefinedTopics, TopicInterner, TopicRegistry};
+use super::registry::{PredefinedTopics, TopicInterner};
 use super::slab::Slab;
 use super::subscriptions::SubscriptionTable;
 use super::{ClientKey, ConnId, Event, UpstreamCommand};
@@ -302,8 +302,7 @@ impl Gateway {
         now: Instant,
     ) -> ClientKey {
         self.generation = self.generation.wrapping_add(1);
-        let mut client = Client::new(self.generation, client_id.clone(), peer, now);
-        client.registry = TopicRegistry::with_max_topics(self.settings.max_topics_per_client);
+        let client = Client::new(self.generation, client_id.clone(), peer, now);
         let key = ClientKey(self.clients.insert(client));
         self.by_client_id.insert(client_id, key);
         self.by_peer.insert(peer, key);
