@@ -56,6 +56,27 @@ fn connected(gw: &mut Gateway, n: u8) -> PeerAddr {
     peer
 }
 
+/// `dev` subscribes to the name "t"; the broker grants the gateway's SUBSCRIBE `pid`. Returns
+/// what the gateway sent meanwhile.
+fn subscribe_t(gw: &mut Gateway, dev: PeerAddr, pid: u8) -> Vec<Vec<u8>> {
+    let _ = send(
+        gw,
+        dev,
+        Message::Subscribe(mqttsn_gateway::codec::Subscribe {
+            dup: false,
+            qos: mqttsn_gateway::codec::QoS::Zero,
+            msg_id: 1,
+            topic: TopicFilter::Name("t"),
+        }),
+    );
+    gw.handle_upstream(
+        Instant::ZERO,
+        mqttsn_gateway::engine::ConnId::GATEWAY,
+        UpstreamEvent::Data(&[0x90, 0x03, 0x00, pid, 0x00]),
+    );
+    drain(gw)
+}
+
 #[test]
 fn a_full_registry_stores_no_more_names() {
     let mut gw = gateway("max_topics_per_client = 10");
@@ -127,23 +148,7 @@ fn sleepers_together_hold_no_more_than_the_total_bound() {
     let mut sleepers = Vec::new();
     for (n, pid) in [(3u8, 1u8), (4, 2)] {
         let dev = connected(&mut gw, n);
-        let _ = send(
-            &mut gw,
-            dev,
-            Message::Subscribe(mqttsn_gateway::codec::Subscribe {
-                dup: false,
-                qos: mqttsn_gateway::codec::QoS::Zero,
-                msg_id: 1,
-                topic: TopicFilter::Name("t"),
-            }),
-        );
-        // The broker grants the gateway's SUBSCRIBE for this device.
-        gw.handle_upstream(
-            Instant::ZERO,
-            conn,
-            UpstreamEvent::Data(&[0x90, 0x03, 0x00, pid, 0x00]),
-        );
-        let suback = drain(&mut gw);
+        let suback = subscribe_t(&mut gw, dev, pid);
         assert!(
             matches!(Message::decode(&suback[0]), Ok(Message::SubAck(_))),
             "{suback:?}"
@@ -170,22 +175,7 @@ fn sleepers_together_hold_no_more_than_the_total_bound() {
     assert_eq!(gw.held_bytes(), 93, "three copies fit in 100 bytes");
     // The total is nearly used up by sleepers, but a device taking messages now still gets them.
     let awake = connected(&mut gw, 5);
-    let _ = send(
-        &mut gw,
-        awake,
-        Message::Subscribe(mqttsn_gateway::codec::Subscribe {
-            dup: false,
-            qos: mqttsn_gateway::codec::QoS::Zero,
-            msg_id: 1,
-            topic: TopicFilter::Name("t"),
-        }),
-    );
-    gw.handle_upstream(
-        Instant::ZERO,
-        conn,
-        UpstreamEvent::Data(&[0x90, 0x03, 0x00, 0x03, 0x00]),
-    );
-    drain(&mut gw);
+    subscribe_t(&mut gw, awake, 3);
     gw.handle_upstream(Instant::from_millis(3), conn, UpstreamEvent::Data(&publish));
     let out: Vec<_> = std::iter::from_fn(|| gw.poll_transmit()).collect();
     drain(&mut gw);
