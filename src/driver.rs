@@ -252,10 +252,9 @@ impl Io {
 /// What the recorder writes for an upstream command or event: its transcript control word (the
 /// core's mapping, shared with the replay harness), else its bytes.
 fn recorded(control: Option<Control>, data: Option<&bytes::Bytes>) -> Payload {
-    match (control, data) {
-        (Some(control), _) => Payload::Control(control),
-        (None, Some(bytes)) => Payload::Bytes(bytes.clone()),
-        (None, None) => Payload::Bytes(bytes::Bytes::new()),
+    match control {
+        Some(control) => Payload::Control(control),
+        None => Payload::Bytes(data.cloned().unwrap_or_default()),
     }
 }
 

@@ -455,12 +455,17 @@ impl Gateway {
             }
         }
         // The payload arrives as a slice of the session's receive buffer: held for a sleeper,
-        // it would pin the whole buffer (a 16-byte message kept 200 KB alive). One copy of its
-        // own, shared by every target, makes what `sleep.max_bytes` counts the real memory.
-        let payload = if targets.is_empty() {
-            payload
-        } else {
+        // it would pin the whole buffer (a 16-byte message kept 200 KB alive). If any target
+        // will hold it rather than send it at once, one copy of its own, shared by every
+        // target, makes what `sleep.max_bytes` counts the real memory. Sent at once, no copy.
+        let held = targets.iter().any(|&(key, _)| {
+            self.client(key)
+                .is_some_and(|c| !c.state.delivers() || c.inflight.is_some() || c.queued() > 0)
+        });
+        let payload = if held {
             Bytes::copy_from_slice(&payload)
+        } else {
+            payload
         };
         for &(key, granted) in &targets {
             let down = super::client::Down {

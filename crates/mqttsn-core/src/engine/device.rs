@@ -353,20 +353,12 @@ impl Gateway {
         // The limit is on the names a device registers itself; the ids the gateway assigns
         // for its own REGISTERs (wildcard subscriptions) stay within the registry's range.
         let max = self.settings.max_topics_per_client;
-        let room = self.client(key).map(|c| {
-            c.registry.check_room(name).and_then(|()| {
-                if c.registry.id(name).is_some() || c.registry.len() < max {
-                    Ok(())
-                } else {
-                    Err(super::registry::RegistryError::TooManyTopics {
-                        max: u16::try_from(max).unwrap_or(u16::MAX),
-                    })
-                }
-            })
-        });
+        let room = self
+            .client(key)
+            .is_some_and(|c| c.registry.id(name).is_some() || c.registry.len() < max);
         let (topic_id, rc) = if topic::validate_topic_name(name).is_err() {
             (0, ReturnCode::NotSupported)
-        } else if !matches!(room, Some(Ok(()))) {
+        } else if !room {
             // Refused before the name is interned: a full registry stores nothing more.
             (0, ReturnCode::Congestion)
         } else {
