@@ -18,7 +18,9 @@ use crate::transcript::Control;
 use crate::transport::serial::port::{SerialInbound, SerialTransport};
 use crate::transport::shutdown::{self, Trigger};
 use crate::transport::udp::{Datagram, UdpError, UdpTransport};
-use crate::transport::upstream::{ConnEvent, UpstreamError, UpstreamPool, UpstreamSettings};
+use crate::transport::upstream::{
+    ConnEvent, Pressure, UpstreamError, UpstreamPool, UpstreamSettings,
+};
 use mqttsn_core::hash::HashSeed;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -312,6 +314,7 @@ async fn event_loop(
                         ConnEvent::Connected => (UpstreamEvent::Connected, None),
                         ConnEvent::Data(bytes) => (UpstreamEvent::Data(bytes), Some(bytes)),
                         ConnEvent::Disconnected => (UpstreamEvent::Disconnected, None),
+                        ConnEvent::Drained => (UpstreamEvent::Drained, None),
                     };
                     if io.recorder.is_some() {
                         let payload = recorded(upstream_event.control(), data);
@@ -394,7 +397,18 @@ async fn flush(engine: &mut Gateway, io: &mut Io, now: Instant) {
         }
         match command {
             UpstreamCommand::Open(conn) => io.pool.open(conn),
-            UpstreamCommand::Send(conn, bytes) => io.pool.send(conn, bytes),
+            UpstreamCommand::Send(conn, bytes) => {
+                if io.pool.send(conn, bytes) == Pressure::Congested {
+                    // The engine hears of it at once, before it admits more for this
+                    // connection; recorded as the input it is.
+                    let event = UpstreamEvent::Congested;
+                    if io.recorder.is_some() {
+                        let payload = recorded(event.control(), None);
+                        io.record(now, true, broker_endpoint(engine, conn), payload);
+                    }
+                    engine.handle_upstream(now, conn, event);
+                }
+            }
             UpstreamCommand::Close(conn) => io.pool.close(conn),
             UpstreamCommand::Abort(conn) => io.pool.abort(conn),
         }
@@ -465,6 +479,17 @@ fn log_event(event: Event) {
             size,
             total,
             "broker message too large for any device; dropped (the connection goes on)"
+        ),
+        Event::Overload {
+            over_budget,
+            congestion_refused,
+            congestion_dropped,
+        } => tracing::warn!(
+            over_budget,
+            congestion_refused,
+            congestion_dropped,
+            "devices slowed: requests refused with \"rejected: congestion\" or QoS 0 dropped \
+             (totals so far; reported at most every 10 s)"
         ),
         Event::FrameDropped { peer, reason } => {
             tracing::debug!(%peer, %reason, "frame dropped")

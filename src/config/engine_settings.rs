@@ -2,9 +2,10 @@
 //! meets the engine's.
 
 use mqttsn_core::codec::DecodeOptions;
+use mqttsn_core::engine::admission::BudgetLimits;
 use mqttsn_core::engine::sleep::{Overflow, SleepLimits};
 use mqttsn_core::hash::HashSeed;
-use mqttsn_core::Settings;
+use mqttsn_core::{Limits, Settings};
 
 use super::{Config, DropPolicy};
 
@@ -42,6 +43,15 @@ impl Config {
             predefined: self.predefined.clone(),
             max_idle: self.sessions.max_idle,
             session_expiry: self.sessions.expiry,
+            limits: Limits {
+                budget: BudgetLimits {
+                    rate: self.limits.publish_rate,
+                    burst: self.limits.publish_burst,
+                },
+                max_filters_per_client: self.limits.max_filters_per_client,
+                max_will_bytes: self.limits.max_will_bytes,
+            },
+            upstream_queue_bytes: self.upstream.max_queued_bytes,
             hash_seed,
         }
     }

@@ -17,9 +17,9 @@ use toml::Spanned;
 use super::error::line_and_column;
 use super::value::DURATION_EXPECTED;
 use super::{
-    Config, ConfigError, DropPolicy, Framing, GatewayConfig, Mode, MulticastInterface, Parity,
-    PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig, TimersConfig, UdpConfig,
-    UpstreamConfig, UpstreamUrl,
+    Config, ConfigError, DropPolicy, Framing, GatewayConfig, LimitsConfig, Mode,
+    MulticastInterface, Parity, PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig,
+    TimersConfig, UdpConfig, UpstreamConfig, UpstreamUrl,
 };
 use crate::time::Duration;
 
@@ -55,6 +55,7 @@ struct RawConfig {
     timers: RawTimers,
     sleep: RawSleep,
     sessions: RawSessions,
+    limits: RawLimits,
 }
 
 #[derive(Deserialize, Default)]
@@ -116,6 +117,7 @@ struct RawUpstream {
     client_key: Field<String>,
     reconnect_min: Field<toml::Value>,
     reconnect_max: Field<toml::Value>,
+    max_queued_bytes: Field<i64>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +142,15 @@ struct RawTimers {
 struct RawSessions {
     max_idle: Field<toml::Value>,
     expiry: Field<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawLimits {
+    publish_rate: Field<i64>,
+    publish_burst: Field<i64>,
+    max_filters_per_client: Field<i64>,
+    max_will_bytes: Field<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -371,6 +382,7 @@ impl RawConfig {
             timers: self.timers.check(cx)?,
             sleep: self.sleep.check(cx)?,
             sessions: self.sessions.check(cx)?,
+            limits: self.limits.check(cx)?,
         })
     }
 }
@@ -623,6 +635,14 @@ impl RawUpstream {
             client_key,
             reconnect_min,
             reconnect_max: reconnect_max.map_or(d.reconnect_max, |(max, _)| max),
+            // At least one largest MQTT-SN message, so that a single PUBLISH always fits.
+            max_queued_bytes: cx
+                .int(
+                    &self.max_queued_bytes,
+                    "upstream.max_queued_bytes",
+                    65536..=i64::MAX,
+                )?
+                .unwrap_or(d.max_queued_bytes),
         })
     }
 }
@@ -730,6 +750,30 @@ impl RawSessions {
         Ok(SessionsConfig {
             max_idle: positive(&self.max_idle, "sessions.max_idle", d.max_idle)?,
             expiry: positive(&self.expiry, "sessions.expiry", d.expiry)?,
+        })
+    }
+}
+
+impl RawLimits {
+    fn check(&self, cx: &Cx) -> Result<LimitsConfig, ConfigError> {
+        let d = LimitsConfig::default();
+        Ok(LimitsConfig {
+            publish_rate: cx
+                .int(&self.publish_rate, "limits.publish_rate", 0..=1_000_000)?
+                .unwrap_or(d.publish_rate),
+            publish_burst: cx
+                .int(&self.publish_burst, "limits.publish_burst", 1..=1_000_000)?
+                .unwrap_or(d.publish_burst),
+            max_filters_per_client: cx
+                .int(
+                    &self.max_filters_per_client,
+                    "limits.max_filters_per_client",
+                    1..=i64::MAX,
+                )?
+                .unwrap_or(d.max_filters_per_client),
+            max_will_bytes: cx
+                .int(&self.max_will_bytes, "limits.max_will_bytes", 1..=i64::MAX)?
+                .unwrap_or(d.max_will_bytes),
         })
     }
 }

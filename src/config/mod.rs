@@ -47,6 +47,34 @@ pub struct Config {
     pub sleep: SleepConfig,
     /// `[sessions]`: how long sessions without supervision are kept.
     pub sessions: SessionsConfig,
+    /// `[limits]`: what each device may ask for.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: per-device bounds, so that one device cannot take what the others need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// PUBLISH, REGISTER and SUBSCRIBE per second one device may send towards the broker,
+    /// sustained; 0: no limit. Over it, QoS 1/2 get "rejected: congestion" and QoS 0 is dropped.
+    pub publish_rate: u32,
+    /// How many of them a device may send at once on top of the rate.
+    pub publish_burst: u32,
+    /// Most subscriptions one device may hold; past that SUBSCRIBE gets "rejected: congestion".
+    pub max_filters_per_client: usize,
+    /// Most bytes of a will, topic and message together; a larger one gets CONNACK (or
+    /// WILLTOPICRESP, WILLMSGRESP) "not supported".
+    pub max_will_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            publish_rate: 2000,
+            publish_burst: 2000,
+            max_filters_per_client: 256,
+            max_will_bytes: 4096,
+        }
+    }
 }
 
 /// `[sessions]`: limits on sessions the protocol itself never ends.
@@ -224,6 +252,9 @@ pub struct UpstreamConfig {
     pub reconnect_min: Duration,
     /// ...up to this.
     pub reconnect_max: Duration,
+    /// Bytes one broker connection may have queued for writing before the devices behind it
+    /// are slowed (the connection is never dropped for being slow).
+    pub max_queued_bytes: usize,
 }
 
 /// `[timers]`.
@@ -314,6 +345,7 @@ impl Default for Config {
             timers: TimersConfig::default(),
             sleep: SleepConfig::default(),
             sessions: SessionsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -408,6 +440,7 @@ impl Default for UpstreamConfig {
             client_key: None,
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
+            max_queued_bytes: 1024 * 1024,
         }
     }
 }

@@ -78,6 +78,7 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.optional_path("client_key", u.client_key.as_deref());
     out.string("reconnect_min", &u.reconnect_min.to_string());
     out.string("reconnect_max", &u.reconnect_max.to_string());
+    out.raw("max_queued_bytes", u.max_queued_bytes);
 
     if config.predefined.is_empty() {
         out.0.push('\n');
@@ -114,6 +115,13 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.table("[sessions]");
     out.string("max_idle", &s.max_idle.to_string());
     out.string("expiry", &s.expiry.to_string());
+
+    let l = &config.limits;
+    out.table("[limits]");
+    out.raw("publish_rate", l.publish_rate);
+    out.raw("publish_burst", l.publish_burst);
+    out.raw("max_filters_per_client", l.max_filters_per_client);
+    out.raw("max_will_bytes", l.max_will_bytes);
 
     out.0
 }

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mqttsn_gateway::config::{
-    Config, ConfigError, DropPolicy, Framing, GatewayConfig, Mode, MulticastInterface, Parity,
-    PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig, TimersConfig, UdpConfig,
-    UpstreamConfig, UpstreamUrl,
+    Config, ConfigError, DropPolicy, Framing, GatewayConfig, LimitsConfig, Mode,
+    MulticastInterface, Parity, PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig,
+    TimersConfig, UdpConfig, UpstreamConfig, UpstreamUrl,
 };
 use mqttsn_gateway::time::Duration;
 
@@ -126,6 +126,7 @@ client_cert = "certs/gateway.pem"
 client_key = "certs/gateway.key"
 reconnect_min = "500ms"
 reconnect_max = "2h"
+max_queued_bytes = 65536
 
 [[predefined]]
 id = 1
@@ -156,6 +157,12 @@ drop_policy = "drop-newest"
 [sessions]
 max_idle = "90s"
 expiry = "2h"
+
+[limits]
+publish_rate = 0
+publish_burst = 1
+max_filters_per_client = 3
+max_will_bytes = 9
 "#;
 
 /// What `FULL` must load as: every key set, none to its default.
@@ -217,6 +224,7 @@ fn full_config() -> Config {
             client_key: Some("certs/gateway.key".into()),
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(7200),
+            max_queued_bytes: 65536,
         },
         predefined: vec![
             PredefinedTopic {
@@ -250,6 +258,12 @@ fn full_config() -> Config {
         sessions: SessionsConfig {
             max_idle: Duration::from_secs(90),
             expiry: Duration::from_secs(7200),
+        },
+        limits: LimitsConfig {
+            publish_rate: 0,
+            publish_burst: 1,
+            max_filters_per_client: 3,
+            max_will_bytes: 9,
         },
     }
 }

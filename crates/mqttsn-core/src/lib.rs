@@ -27,4 +27,4 @@ pub mod settings;
 pub mod time;
 pub mod transcript;
 
-pub use settings::{Mode, PredefinedTopic, Settings};
+pub use settings::{Limits, Mode, PredefinedTopic, Settings};

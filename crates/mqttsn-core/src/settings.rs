@@ -2,6 +2,7 @@
 //! (parsing, defaults and validation live there); the core only consumes plain values.
 
 use crate::codec::DecodeOptions;
+use crate::engine::admission::BudgetLimits;
 use crate::engine::sleep::SleepLimits;
 use crate::hash::HashSeed;
 use crate::time::Duration;
@@ -81,8 +82,24 @@ pub struct Settings {
     pub max_idle: Duration,
     /// How long a kept (CleanSession=0) session of a departed device survives.
     pub session_expiry: Duration,
+    /// Bounds on what each client may ask for.
+    pub limits: Limits,
+    /// Bytes a broker connection's send queue holds before the driver reports it congested
+    /// (`upstream.max_queued_bytes`); while congested, light users may add as much again.
+    pub upstream_queue_bytes: usize,
     /// Keys of the engine's hash maps: random in production, fixed in tests.
     pub hash_seed: HashSeed,
+}
+
+/// Per-client bounds (`[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Each client's budget of PUBLISH, REGISTER and SUBSCRIBE towards the broker.
+    pub budget: BudgetLimits,
+    /// Most subscriptions one client holds.
+    pub max_filters_per_client: usize,
+    /// Most bytes of a will: topic plus message.
+    pub max_will_bytes: usize,
 }
 
 impl fmt::Debug for Settings {
@@ -109,6 +126,8 @@ impl fmt::Debug for Settings {
             .field("predefined", &self.predefined)
             .field("max_idle", &self.max_idle)
             .field("session_expiry", &self.session_expiry)
+            .field("limits", &self.limits)
+            .field("upstream_queue_bytes", &self.upstream_queue_bytes)
             .finish_non_exhaustive()
     }
 }

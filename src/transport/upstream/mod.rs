@@ -33,13 +33,13 @@ mod tls;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rustls_pki_types::ServerName;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, warn, Instrument};
 
@@ -49,10 +49,12 @@ use backoff::Backoff;
 
 pub use tls::UpstreamError;
 
-/// Sends queued per connection before [`UpstreamPool::send`] gives up on it. Generous, because
-/// overflowing costs a reconnect; and cheap, because tokio allocates channel slots in small
-/// blocks as they fill, not up front.
-pub const QUEUE_CAPACITY: usize = 256;
+/// How far past its bound a connection's queue may grow before the pool gives up on it: the
+/// engine refuses devices once told the queue is congested, but learns it only after the batch
+/// of inputs in progress (at most [`crate::driver`]'s 256 frames of up to 64 KiB), and its own
+/// traffic (acknowledgements to the broker, pings) goes on meanwhile.
+const HARD_BOUND_FACTOR: usize = 4;
+const HARD_BOUND_SLACK: usize = 256 * 65_536;
 
 /// Longest [`UpstreamPool::shutdown`] waits for connections to flush and close before it aborts
 /// the rest.
@@ -69,6 +71,9 @@ pub struct UpstreamSettings {
     pub reconnect_min: Duration,
     /// Longest delay before reconnecting (before the ±20%).
     pub reconnect_max: Duration,
+    /// Bytes queued for one connection at which [`UpstreamPool::send`] reports it congested;
+    /// it is reported drained ([`ConnEvent::Drained`]) once back under half of this.
+    pub max_queued_bytes: usize,
 }
 
 /// The broker's address and transport.
@@ -165,6 +170,7 @@ impl UpstreamSettings {
             target,
             reconnect_min: cfg.reconnect_min.to_std(),
             reconnect_max: cfg.reconnect_max.to_std(),
+            max_queued_bytes: cfg.max_queued_bytes,
         })
     }
 }
@@ -180,6 +186,19 @@ pub enum ConnEvent {
     /// The connection broke or could not be made. The task keeps retrying until the connection
     /// is closed or aborted; reported once per outage.
     Disconnected,
+    /// The queue that [`UpstreamPool::send`] reported congested ([`Pressure::Congested`]) is
+    /// back under half of `max_queued_bytes`.
+    Drained,
+}
+
+/// What [`UpstreamPool::send`] tells the driver about the connection's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pressure {
+    /// There is room.
+    Fine,
+    /// This send took the queue over `max_queued_bytes`: the broker reads slower than the
+    /// engine writes. Reported once; [`ConnEvent::Drained`] follows when it is down to half.
+    Congested,
 }
 
 /// A connection the engine aborted, and the backoff its reopening goes through.
@@ -197,8 +216,9 @@ const PRUNE_FLOOR: usize = 64;
 /// The pool's handle on one running connection task.
 struct Handle {
     /// Dropping this is how a connection is closed: the task writes what is queued, then sees
-    /// the end of the channel.
-    commands: mpsc::Sender<Bytes>,
+    /// the end of the channel. Unbounded as a channel; bounded in bytes by the congestion
+    /// reports (see [`UpstreamPool::send`]).
+    commands: mpsc::UnboundedSender<Bytes>,
     control: Arc<task::Control>,
     task: AbortHandle,
 }
@@ -265,7 +285,7 @@ impl UpstreamPool {
                 "reopening an aborted connection after a delay"
             );
         }
-        let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let (commands, queue) = mpsc::unbounded_channel();
         let control = Arc::new(task::Control::default());
         let span = tracing::info_span!("upstream", conn = conn.0);
         let future = task::run(
@@ -288,35 +308,49 @@ impl UpstreamPool {
 
     /// Queues `bytes` for `conn` without waiting.
     ///
-    /// Bytes are discarded while the connection is down (see the module documentation). If the
-    /// connection's queue is full (the broker reads slower than the engine sends), the bytes
-    /// are not queued; since the MQTT stream now misses a packet, the connection is dropped
-    /// and reconnected ([`ConnEvent::Disconnected`], then [`ConnEvent::Connected`]), and
-    /// further sends are discarded until the task has dropped it. The engine's reconnect
-    /// handling resends what matters.
-    pub fn send(&mut self, conn: ConnId, bytes: Bytes) {
+    /// Bytes are discarded while the connection is down (see the module documentation). The
+    /// queue is never refused for being slow: when it goes over `max_queued_bytes` the send
+    /// returns [`Pressure::Congested`] (once), the driver tells the engine, and the engine
+    /// slows the devices behind the connection until [`ConnEvent::Drained`]. Only a queue that
+    /// still grows far past that (four times the bound plus one batch of the largest frames:
+    /// the engine did not slow down) drops the connection, since the MQTT stream would
+    /// otherwise miss a packet; it is reconnected and the engine resends what matters.
+    pub fn send(&mut self, conn: ConnId, bytes: Bytes) -> Pressure {
         let Some(handle) = self.conns.get(&conn) else {
             debug!(
                 conn = conn.0,
                 "send on an upstream connection that is not open"
             );
-            return;
+            return Pressure::Fine;
         };
-        if handle.control.reset_pending() {
-            return;
+        let control = &handle.control;
+        if control.reset_pending() {
+            return Pressure::Fine;
         }
-        match handle.commands.try_send(bytes) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                warn!(
-                    conn = conn.0,
-                    "upstream send queue full; dropping the broker connection"
-                );
-                handle.control.request_reset();
-            }
+        let bound = self.shared.settings.max_queued_bytes;
+        let len = bytes.len();
+        let queued = control.queued.fetch_add(len, Ordering::AcqRel) + len;
+        if queued > bound.saturating_mul(HARD_BOUND_FACTOR) + HARD_BOUND_SLACK {
+            control.queued.fetch_sub(len, Ordering::AcqRel);
+            tracing::error!(
+                conn = conn.0,
+                queued,
+                "upstream send queue far over max_queued_bytes although the devices were \
+                 slowed; dropping the broker connection"
+            );
+            control.request_reset();
+            return Pressure::Fine;
+        }
+        if handle.commands.send(bytes).is_err() {
             // The task ended on its own, which it only does when the driver is gone.
-            Err(TrySendError::Closed(_)) => {}
+            control.queued.fetch_sub(len, Ordering::AcqRel);
+            return Pressure::Fine;
         }
+        if queued > bound && control.mark_congested() {
+            debug!(conn = conn.0, queued, "upstream send queue congested");
+            return Pressure::Congested;
+        }
+        Pressure::Fine
     }
 
     /// Closes `conn` for good: the bytes already sent are written, the connection is shut down

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +57,10 @@ pub(super) const CONCURRENT_CONNECTS: usize = 64;
 /// pending (close).
 #[derive(Debug, Default)]
 pub(super) struct Control {
+    /// Bytes sent to the channel and not yet taken by the task.
+    pub(super) queued: AtomicUsize,
+    /// The pool reported the queue congested; the task reports it drained.
+    pub(super) congested: AtomicBool,
     reset: AtomicBool,
     close: AtomicBool,
     wake: Notify,
@@ -68,6 +72,16 @@ impl Control {
     pub(super) fn request_close(&self) {
         self.close.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Marks the queue congested (see [`Control::congested`]); `false` if it already was. The
+    /// task is woken to check whether it has drained meanwhile.
+    pub(super) fn mark_congested(&self) -> bool {
+        let newly = !self.congested.swap(true, Ordering::AcqRel);
+        if newly {
+            self.wake.notify_one();
+        }
+        newly
     }
 
     /// Asks the task to drop its connection and reconnect.
@@ -87,7 +101,7 @@ impl Control {
 pub(super) async fn run(
     conn: ConnId,
     shared: Arc<Shared>,
-    commands: mpsc::Receiver<bytes::Bytes>,
+    commands: mpsc::UnboundedReceiver<bytes::Bytes>,
     control: Arc<Control>,
     first_delay: Option<Duration>,
 ) {
@@ -114,7 +128,7 @@ pub(super) async fn run(
 struct Task {
     conn: ConnId,
     shared: Arc<Shared>,
-    commands: mpsc::Receiver<bytes::Bytes>,
+    commands: mpsc::UnboundedReceiver<bytes::Bytes>,
     control: Arc<Control>,
     backoff: Backoff,
 }
@@ -228,7 +242,7 @@ impl Task {
             tokio::select! {
                 result = &mut attempt => return Some(result),
                 // Bytes are dropped; the end of the queue means the connection was closed.
-                command = self.commands.recv() => drop(command?),
+                command = self.commands.recv() => self.taken(&command?),
             }
         }
     }
@@ -240,20 +254,36 @@ impl Task {
         loop {
             tokio::select! {
                 () = &mut sleep => return true,
-                command = self.commands.recv() => {
-                    if command.is_none() {
-                        return false;
-                    }
-                }
+                command = self.commands.recv() => match command {
+                    Some(bytes) => self.taken(&bytes),
+                    None => return false,
+                },
             }
         }
     }
 
+    /// Accounts for bytes taken off the queue (written, or discarded).
+    fn taken(&self, bytes: &bytes::Bytes) {
+        self.control.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+    }
+
+    /// Whether a queue reported congested is now down to half its bound; if so it is no longer
+    /// congested, and the caller reports [`ConnEvent::Drained`].
+    fn drained(&self) -> bool {
+        let half = self.shared.settings.max_queued_bytes / 2;
+        self.control.congested.load(Ordering::Acquire)
+            && self.control.queued.load(Ordering::Acquire) <= half
+            && self.control.congested.swap(false, Ordering::AcqRel)
+    }
+
     fn discard_queued(&mut self) {
         let mut discarded = 0usize;
-        while self.commands.try_recv().is_ok() {
+        while let Ok(bytes) = self.commands.try_recv() {
+            self.taken(&bytes);
             discarded += 1;
         }
+        // A new connection starts uncongested, for the engine too (it resets on `Connected`).
+        self.control.congested.store(false, Ordering::Release);
         if discarded > 0 {
             debug!(
                 discarded,
@@ -324,12 +354,19 @@ impl Task {
                 Step::Wrote(Ok(Progress::Wrote)) => unflushed = true,
                 Step::Wrote(Ok(Progress::Flushed)) => unflushed = false,
                 Step::Command(Some(bytes)) => {
+                    self.taken(&bytes);
                     wbuf.extend_from_slice(&bytes);
                     while wbuf.len() < MAX_BATCH {
                         match self.commands.try_recv() {
-                            Ok(bytes) => wbuf.extend_from_slice(&bytes),
+                            Ok(bytes) => {
+                                self.taken(&bytes);
+                                wbuf.extend_from_slice(&bytes);
+                            }
                             Err(_) => break,
                         }
+                    }
+                    if self.drained() && self.report(ConnEvent::Drained).await.is_err() {
+                        return Outcome::DriverGone;
                     }
                 }
                 Step::Command(None) => {
@@ -340,6 +377,7 @@ impl Task {
                     // The pool sent everything before closing, so what is still queued is
                     // complete; it goes out before the connection ends.
                     while let Ok(bytes) = self.commands.try_recv() {
+                        self.taken(&bytes);
                         wbuf.extend_from_slice(&bytes);
                     }
                     close(reader, writer, wbuf, rbuf).await;
@@ -351,6 +389,12 @@ impl Task {
                     if self.control.reset.swap(false, Ordering::AcqRel) {
                         let error = io::Error::other("send queue overflowed");
                         return Outcome::Lost(error);
+                    }
+                    // The pool marks a queue congested after queueing the bytes that took it
+                    // over; by then this task may have taken them all already, and with the
+                    // devices slowed nothing else would come to check.
+                    if self.drained() && self.report(ConnEvent::Drained).await.is_err() {
+                        return Outcome::DriverGone;
                     }
                 }
             }

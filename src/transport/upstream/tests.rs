@@ -29,6 +29,7 @@ fn tcp_settings(port: u16) -> UpstreamSettings {
         },
         reconnect_min: ms(2),
         reconnect_max: ms(20),
+        max_queued_bytes: 256 * 1024,
     }
 }
 
@@ -246,11 +247,50 @@ async fn abort_drops_the_connection_without_reconnecting() {
 }
 
 #[tokio::test]
-async fn full_queue_drops_the_connection_and_reconnects_clean() {
+async fn a_slow_broker_congests_the_queue_then_it_drains_without_a_reconnect() {
     let (listener, port) = listen().await;
     let (mut pool, mut events) = new_pool(tcp_settings(port));
     pool.open(C);
-    // This broker never reads: the socket buffers fill, then the task's queue.
+    // This broker reads nothing at first: the socket buffers fill, then the task's queue.
+    let mut broker = accept(&listener).await;
+    assert_eq!(next(&mut events).await, (C, ConnEvent::Connected));
+
+    let chunk = Bytes::from(vec![0x55; 16 * 1024]);
+    let mut sent = 0usize;
+    loop {
+        let pressure = pool.send(C, chunk.clone());
+        sent += chunk.len();
+        if pressure == Pressure::Congested {
+            break;
+        }
+        assert!(sent < 64 * 1024 * 1024, "the queue never congested");
+        tokio::task::yield_now().await;
+    }
+    // Reported once: more sends while congested say nothing new.
+    assert_eq!(pool.send(C, chunk.clone()), Pressure::Fine);
+    sent += chunk.len();
+    assert!(events.try_recv().is_err(), "no event (no reconnect) yet");
+
+    // The broker catches up: every byte arrives, in order, on the same connection, and the
+    // queue is reported drained.
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; sent];
+        broker.read_exact(&mut got).await.map(|_| (broker, got))
+    });
+    assert_eq!(next(&mut events).await, (C, ConnEvent::Drained));
+    let (broker, got) = timeout(LIMIT, reader).await.unwrap().unwrap().unwrap();
+    assert!(got.iter().all(|&b| b == 0x55));
+    pool.close(C);
+    drop(broker);
+    shutdown_quietly(pool, events).await;
+}
+
+#[tokio::test]
+async fn a_queue_far_over_its_bound_drops_the_connection_and_reconnects_clean() {
+    let (listener, port) = listen().await;
+    let (mut pool, mut events) = new_pool(tcp_settings(port));
+    pool.open(C);
+    // This broker never reads, and the sender ignores the congestion report.
     let stuck = accept(&listener).await;
     assert_eq!(next(&mut events).await, (C, ConnEvent::Connected));
 
@@ -259,7 +299,7 @@ async fn full_queue_drops_the_connection_and_reconnects_clean() {
     loop {
         pool.send(C, chunk.clone());
         sends += 1;
-        assert!(sends < 20_000, "the queue never filled");
+        assert!(sends < 20_000, "the queue was never given up on");
         match events.try_recv() {
             Ok((C, ConnEvent::Disconnected)) => break,
             Ok(other) => panic!("unexpected {other:?}"),

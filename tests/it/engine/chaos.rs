@@ -123,6 +123,8 @@ enum Step {
     BrokerGarbage(Vec<u8>),
     BrokerDown,
     BrokerUp,
+    /// The driver reports the broker connection's queue congested (true) or drained.
+    BrokerCongested(bool),
     Wait(u32),
 }
 
@@ -136,6 +138,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => proptest::collection::vec(any::<u8>(), 0..20).prop_map(Step::BrokerGarbage),
         1 => Just(Step::BrokerDown),
         1 => Just(Step::BrokerUp),
+        1 => any::<bool>().prop_map(Step::BrokerCongested),
         2 => (0u32..30_000).prop_map(Step::Wait),
     ]
 }
@@ -193,6 +196,8 @@ proptest! {
                     gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Connected);
                     gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Data(&[0x20, 2, 0, 0]));
                 }
+                Step::BrokerCongested(true) => gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Congested),
+                Step::BrokerCongested(false) => gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Drained),
                 Step::Wait(ms) => {
                     now += u64::from(ms);
                     gw.handle_timeout(Instant::from_millis(now));

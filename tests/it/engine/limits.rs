@@ -203,3 +203,58 @@ fn sleepers_together_hold_no_more_than_the_total_bound() {
     assert_eq!(gw.held_bytes(), gw.held_bytes_recounted());
     assert!(gw.held_bytes() < 93);
 }
+
+/// While the broker connection is congested, light users still get through, but only until
+/// what they add reaches `upstream.max_queued_bytes` again: the queue cannot grow without
+/// bound because every device happens to be light.
+#[test]
+fn a_congested_connection_takes_no_more_than_its_overdraft() {
+    use mqttsn_gateway::codec::{Publish, QoS, TopicRef};
+    use mqttsn_gateway::engine::{ConnId, UpstreamCommand};
+    let mut gw = gateway("mode = \"aggregating\"\n[upstream]\nmax_queued_bytes = 65536");
+    let devices: Vec<PeerAddr> = (1..=200).map(|n| connected(&mut gw, n)).collect();
+    let payload = [0x42u8; 1000];
+    let publish = Message::Publish(Publish {
+        dup: false,
+        qos: QoS::Zero,
+        retain: false,
+        topic: TopicRef::Short(*b"ab"),
+        msg_id: 0,
+        data: &payload,
+    });
+    let forward_all = |gw: &mut Gateway| -> usize {
+        for &dev in &devices {
+            gw.handle_frame(Instant::from_millis(2), dev, &publish.to_vec().unwrap());
+        }
+        let mut bytes = 0;
+        while let Some(command) = gw.poll_upstream() {
+            if let UpstreamCommand::Send(_, b) = command {
+                bytes += b.len();
+            }
+        }
+        drain(gw);
+        bytes
+    };
+    gw.handle_upstream(
+        Instant::from_millis(2),
+        ConnId::GATEWAY,
+        UpstreamEvent::Congested,
+    );
+    let congested = forward_all(&mut gw);
+    assert!(
+        (60_000..=65_536).contains(&congested),
+        "{congested} bytes let through while congested"
+    );
+    let dropped = gw.counters().congestion_dropped;
+    assert_eq!(
+        dropped,
+        200 - (congested / 1007) as u64,
+        "every drop counted"
+    );
+    gw.handle_upstream(
+        Instant::from_millis(2),
+        ConnId::GATEWAY,
+        UpstreamEvent::Drained,
+    );
+    assert_eq!(forward_all(&mut gw), 200 * 1007, "all through once drained");
+}

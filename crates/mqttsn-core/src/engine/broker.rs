@@ -20,9 +20,17 @@ impl Gateway {
             return; // a connection the engine has already let go of
         };
         match event {
-            UpstreamEvent::Connected => up.session.handle_connected(now),
+            UpstreamEvent::Connected => {
+                up.session.handle_connected(now);
+                self.set_congested(conn, false);
+            }
             UpstreamEvent::Data(bytes) => up.session.handle_bytes(now, bytes),
-            UpstreamEvent::Disconnected => self.session_down(conn),
+            UpstreamEvent::Disconnected => {
+                self.set_congested(conn, false);
+                self.session_down(conn);
+            }
+            UpstreamEvent::Congested => self.set_congested(conn, true),
+            UpstreamEvent::Drained => self.set_congested(conn, false),
         }
         self.drain_session(now, conn);
     }

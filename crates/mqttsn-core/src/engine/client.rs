@@ -1,6 +1,7 @@
 //! One device's session: where it is, what state it is in, its will, its topic ids, and the
 //! messages in flight in each direction.
 
+use super::admission::Budget;
 use super::peer::PeerAddr;
 use super::registry::TopicRegistry;
 use super::sleep::{PushOutcome, SleepBuffer, SleepLimits};
@@ -179,6 +180,8 @@ pub struct Client {
     pub last_msg_id: u16,
     /// Transparent mode: this device's own broker connection.
     pub conn: Option<ConnId>,
+    /// What the device may still send upstream ([`super::admission`]).
+    pub budget: Budget,
     /// State most devices never need, allocated on first use, so an idle session stays small.
     extras: Option<Box<Extras>>,
 }
@@ -224,6 +227,7 @@ impl Client {
             inflight: None,
             last_msg_id: 0,
             conn: None,
+            budget: Budget::default(),
             extras: None,
         }
     }

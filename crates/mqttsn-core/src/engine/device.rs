@@ -272,11 +272,10 @@ impl Gateway {
             return self.finish_connect(now, key);
         };
         if topic::validate_topic_name(w.topic).is_err() {
-            let peer = self.client(key).map(|c| c.peer);
-            if let Some(peer) = peer {
-                self.reject_connect(peer, ReturnCode::NotSupported, "invalid will topic");
-            }
-            return self.remove_client(key);
+            return self.refuse_will(key, "invalid will topic");
+        }
+        if w.topic.len() > self.settings.limits.max_will_bytes {
+            return self.refuse_will(key, "will topic over limits.max_will_bytes");
         }
         let topic = self.interner.intern(w.topic);
         let Some(client) = self.client_mut(key) else {
@@ -294,10 +293,39 @@ impl Gateway {
     }
 
     fn on_will_msg(&mut self, now: Instant, key: ClientKey, msg: &[u8]) {
-        if let Some(will) = self.client_mut(key).and_then(|c| c.will.as_mut()) {
-            will.payload = Bytes::copy_from_slice(msg);
+        let max = self.settings.limits.max_will_bytes;
+        let Some(will) = self.client_mut(key).and_then(|c| c.will.as_mut()) else {
+            return self.finish_connect(now, key);
+        };
+        if will.topic.len() + msg.len() > max {
+            return self.refuse_will(key, "will over limits.max_will_bytes");
         }
+        will.payload = Bytes::copy_from_slice(msg);
         self.finish_connect(now, key);
+    }
+
+    /// Ends a CONNECT whose will is not acceptable: CONNACK "not supported", and the half-made
+    /// session goes (a session it resumed keeps nothing of the refused will).
+    fn refuse_will(&mut self, key: ClientKey, reason: &'static str) {
+        if let Some(peer) = self.client(key).map(|c| c.peer) {
+            self.reject_connect(peer, ReturnCode::NotSupported, reason);
+        }
+        self.remove_client(key);
+    }
+
+    /// Whether `key` may subscribe to `filter`: it holds it already, or holds fewer than
+    /// `limits.max_filters_per_client`.
+    fn has_room_for_filter(&self, key: ClientKey, filter: &str) -> bool {
+        let max = self.settings.limits.max_filters_per_client;
+        match self.settings.mode {
+            Mode::Aggregating => {
+                self.subscriptions.granted(key, filter).is_some()
+                    || self.subscriptions.client_filter_count(key) < max
+            }
+            Mode::Transparent => self.client(key).is_some_and(|c| {
+                c.filters().iter().any(|(f, _)| &**f == filter) || c.filters().len() < max
+            }),
+        }
     }
 
     fn on_will_topic_update(&mut self, key: ClientKey, will: Option<WillTopic<'_>>) {
@@ -305,7 +333,13 @@ impl Gateway {
             // MQTT 3.1.1 cannot change a will without reconnecting to the broker.
             ReturnCode::NotSupported
         } else if let Some(w) = will {
-            if topic::validate_topic_name(w.topic).is_err() {
+            let payload_len = self
+                .client(key)
+                .and_then(|c| c.will.as_ref())
+                .map_or(0, |w| w.payload.len());
+            if topic::validate_topic_name(w.topic).is_err()
+                || w.topic.len() + payload_len > self.settings.limits.max_will_bytes
+            {
                 ReturnCode::NotSupported
             } else {
                 let topic = self.interner.intern(w.topic);
@@ -335,7 +369,9 @@ impl Gateway {
         let rc = if self.settings.mode == Mode::Transparent {
             ReturnCode::NotSupported
         } else {
+            let max = self.settings.limits.max_will_bytes;
             match self.client_mut(key).and_then(|c| c.will.as_mut()) {
+                Some(will) if will.topic.len() + msg.len() > max => ReturnCode::NotSupported,
                 Some(will) => {
                     will.payload = Bytes::copy_from_slice(msg);
                     ReturnCode::Accepted
@@ -360,6 +396,11 @@ impl Gateway {
             (0, ReturnCode::NotSupported)
         } else if !room {
             // Refused before the name is interned: a full registry stores nothing more.
+            (0, ReturnCode::Congestion)
+        } else if self
+            .admit(Some(key), self.conn_of(key), name.len(), false)
+            .is_err()
+        {
             (0, ReturnCode::Congestion)
         } else {
             let name = self.interner.intern(name);
@@ -417,7 +458,13 @@ impl Gateway {
         let Some(topic) = topic else {
             return self.drop_frame(peer, "QoS -1 PUBLISH on an unknown topic".into());
         };
-        self.publish_upstream(ConnId::GATEWAY, &topic, p.data, QoS::Zero, p.retain, 0);
+        let conn = key.map_or(ConnId::GATEWAY, |k| self.conn_of(k));
+        if self
+            .admit(key, conn, p.data.len() + topic.len(), true)
+            .is_ok()
+        {
+            self.publish_upstream(conn, &topic, p.data, QoS::Zero, p.retain, 0);
+        }
     }
 
     fn on_publish(&mut self, key: ClientKey, p: Publish<'_>) {
@@ -446,8 +493,11 @@ impl Gateway {
             return refuse(self, ReturnCode::InvalidTopicId);
         };
         let conn = self.conn_of(key);
+        let size = p.data.len() + topic.len();
         if p.qos == QoS::Zero {
-            self.publish_upstream(conn, &topic, p.data, QoS::Zero, p.retain, 0);
+            if self.admit(Some(key), conn, size, true).is_ok() {
+                self.publish_upstream(conn, &topic, p.data, QoS::Zero, p.retain, 0);
+            }
             return;
         }
         // QoS 1/2: a retransmission of a message already on its way is not forwarded again.
@@ -459,6 +509,10 @@ impl Gateway {
                 self.send(peer, Message::PubRec { msg_id: p.msg_id });
             }
             return;
+        }
+        if self.admit(Some(key), conn, size, false).is_err() {
+            // §6.13 / §5.4.13: the device waits T_WAIT and tries again.
+            return refuse(self, ReturnCode::Congestion);
         }
         let tok = token(key, generation, p.msg_id);
         if !self.publish_upstream(conn, &topic, p.data, p.qos, p.retain, tok) {
@@ -505,10 +559,24 @@ impl Gateway {
                 }),
             )
         };
+        let size = match s.topic {
+            TopicFilter::Name(name) => name.len(),
+            _ => 2,
+        };
+        if self
+            .admit(Some(key), self.conn_of(key), size, false)
+            .is_err()
+        {
+            return suback(self, 0, ReturnCode::Congestion);
+        }
         let (filter, topic_id) = match s.topic {
             TopicFilter::Name(name) => {
                 if topic::validate_topic_filter(name).is_err() {
                     return suback(self, 0, ReturnCode::NotSupported);
+                }
+                if !self.has_room_for_filter(key, name) {
+                    // Refused before the filter is interned or registered.
+                    return suback(self, 0, ReturnCode::Congestion);
                 }
                 let filter = self.interner.intern(name);
                 if topic::is_wildcard(name) {
@@ -531,6 +599,9 @@ impl Gateway {
                 _ => return suback(self, 0, ReturnCode::InvalidTopicId),
             },
         };
+        if !self.has_room_for_filter(key, &filter) {
+            return suback(self, topic_id, ReturnCode::Congestion);
+        }
         let transparent = self.settings.mode == Mode::Transparent;
         if let Some(client) = self.client_mut(key) {
             let extras = client.extras_mut();

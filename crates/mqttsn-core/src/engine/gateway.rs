@@ -59,6 +59,14 @@ pub struct Counters {
     /// Broker messages too large for any device (over the session's size limit), dropped
     /// without dropping the broker connection.
     pub too_large_dropped: u64,
+    /// Device requests refused (QoS 1/2 with "rejected: congestion") or dropped (QoS 0) because
+    /// the client went over its own budget (`limits.publish_rate`, `limits.publish_burst`).
+    pub over_budget: u64,
+    /// QoS 1/2 PUBLISH, REGISTER and SUBSCRIBE answered "rejected: congestion" because the
+    /// broker connection was congested.
+    pub congestion_refused: u64,
+    /// QoS 0 and -1 PUBLISH dropped because the broker connection was congested.
+    pub congestion_dropped: u64,
 }
 
 /// An upstream connection and the session state behind it.
@@ -70,6 +78,10 @@ pub(super) struct Upstream {
     pub scheduled: Option<Instant>,
     /// Listed in `dirty_conns`: its session may have bytes to send.
     pub dirty: bool,
+    /// The driver reported its send queue over the bound ([`super::UpstreamEvent::Congested`]).
+    pub congested: bool,
+    /// Bytes of device requests let through since it became congested.
+    pub overdraft: usize,
 }
 
 /// The MQTT-SN gateway engine. See the [module documentation](super) for the call order.
@@ -106,6 +118,8 @@ pub struct Gateway {
     pub(super) now: Instant,
     /// Bytes held in every client's queue together (`sleep.max_total_bytes` bounds it).
     pub(super) held_bytes: usize,
+    /// When refusals were last reported ([`Event::Overload`]).
+    pub(super) overload_reported_at: Option<Instant>,
 }
 
 impl Gateway {
@@ -137,6 +151,7 @@ impl Gateway {
             scratch: Vec::new(),
             now: Instant::ZERO,
             held_bytes: 0,
+            overload_reported_at: None,
         };
         let id = format!(
             "{}gateway-{}",
@@ -404,13 +419,21 @@ impl Gateway {
             client.state,
             State::WillTopic | State::WillMsg | State::Connecting
         );
-        if secs == 0 && handshake {
-            // Even without keep-alive, a CONNECT that is never completed must not hold a
-            // session forever: allow the retransmissions a device would make.
+        if handshake {
+            // A CONNECT that is never completed must not hold a session for a whole keep-alive
+            // (up to 18 hours), or a flood of them fills the table: allow the retransmissions
+            // a device would make.
             let attempts = u64::from(self.settings.n_retry) + 1;
-            return Some(Duration::from_millis(
-                self.settings.t_retry.as_millis().saturating_mul(attempts),
-            ));
+            let window =
+                Duration::from_millis(self.settings.t_retry.as_millis().saturating_mul(attempts));
+            let keep_alive = Duration::from_millis(
+                (f64::from(secs) * 1000.0 * self.settings.keep_alive_tolerance) as u64,
+            );
+            return Some(if secs == 0 {
+                window
+            } else {
+                window.min(keep_alive)
+            });
         }
         if secs == 0 {
             // Keep-alive 0 asks for no supervision (§5.4.4); a session that can be opened for
@@ -514,6 +537,8 @@ impl Gateway {
                 owner,
                 scheduled: None,
                 dirty: false,
+                congested: false,
+                overdraft: 0,
             },
         );
         self.commands.push_back(UpstreamCommand::Open(conn));

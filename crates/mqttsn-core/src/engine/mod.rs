@@ -6,6 +6,7 @@
 //! after each, drain [`Gateway::poll_transmit`], [`Gateway::poll_upstream`] and
 //! [`Gateway::poll_event`] until they return `None`, then sleep until [`Gateway::poll_timeout`].
 
+pub mod admission;
 mod broker;
 mod client;
 mod delivery;
@@ -49,6 +50,12 @@ pub enum UpstreamEvent<'a> {
     /// The connection is gone (refused, reset, closed). The driver keeps trying to reopen it
     /// until told to close it.
     Disconnected,
+    /// The connection's send queue is over its bound: the broker reads slower than the engine
+    /// writes. The engine slows the devices behind it (congestion return codes, QoS 0 dropped)
+    /// instead of writing more, until [`UpstreamEvent::Drained`].
+    Congested,
+    /// The send queue is back under half its bound (after [`UpstreamEvent::Congested`]).
+    Drained,
 }
 
 /// What the engine wants done with an upstream connection.
@@ -132,6 +139,17 @@ pub enum Event {
         size: usize,
         /// How many have been dropped so far.
         total: u64,
+    },
+    /// Device requests were refused or dropped because of the load: a client over its own
+    /// budget, or a congested broker connection. Reported at the first refusal and then at most
+    /// every [`admission::REPORT_INTERVAL`], with the totals so far.
+    Overload {
+        /// Requests refused (or QoS 0 messages dropped) over a client's own budget.
+        over_budget: u64,
+        /// QoS 1/2 PUBLISH, REGISTER and SUBSCRIBE answered "rejected: congestion".
+        congestion_refused: u64,
+        /// QoS 0 and -1 PUBLISH dropped for congestion.
+        congestion_dropped: u64,
     },
     /// A frame from a device was dropped without an answer.
     FrameDropped {

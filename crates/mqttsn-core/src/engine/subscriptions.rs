@@ -293,6 +293,11 @@ impl SubscriptionTable {
         self.by_client.get(&client).cloned().unwrap_or_default()
     }
 
+    /// How many filters `client` is subscribed to.
+    pub fn client_filter_count(&self, client: ClientKey) -> usize {
+        self.by_client.get(&client).map_or(0, Vec::len)
+    }
+
     /// The QoS `client` was granted on `filter`, if it is subscribed.
     pub fn granted(&self, client: ClientKey, filter: &str) -> Option<QoS> {
         let mine = self.by_client.get(&client)?;

@@ -44,12 +44,15 @@ impl UpstreamCommand {
 }
 
 impl UpstreamEvent<'_> {
-    /// The transcript control word for the event (`!up`, `!down`); `None` for bytes received.
+    /// The transcript control word for the event (`!up`, `!down`, ...); `None` for bytes
+    /// received.
     pub fn control(&self) -> Option<Control> {
         match self {
             UpstreamEvent::Connected => Some(Control::Up),
             UpstreamEvent::Data(_) => None,
             UpstreamEvent::Disconnected => Some(Control::Down),
+            UpstreamEvent::Congested => Some(Control::Congested),
+            UpstreamEvent::Drained => Some(Control::Drained),
         }
     }
 
@@ -58,6 +61,8 @@ impl UpstreamEvent<'_> {
         match input {
             ReplayInput::Frame(bytes) => UpstreamEvent::Data(bytes),
             ReplayInput::Control(Control::Up) => UpstreamEvent::Connected,
+            ReplayInput::Control(Control::Congested) => UpstreamEvent::Congested,
+            ReplayInput::Control(Control::Drained) => UpstreamEvent::Drained,
             ReplayInput::Control(_) => UpstreamEvent::Disconnected,
         }
     }

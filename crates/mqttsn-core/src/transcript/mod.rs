@@ -305,6 +305,11 @@ pub enum Control {
     Up,
     /// `BRK > gw !down`: the connection dropped (input).
     Down,
+    /// `BRK > gw !congested`: the connection's send queue is over its bound; the broker reads
+    /// slower than the gateway writes (input).
+    Congested,
+    /// `BRK > gw !drained`: the send queue is back under half its bound (input).
+    Drained,
     /// `gw > BRK !open`: the gateway asks for a connection to be opened (output).
     Open,
     /// `gw > BRK !close`: the gateway asks for a graceful close: flush what was sent, then close
@@ -317,19 +322,23 @@ pub enum Control {
 
 impl Control {
     /// Every control, inputs first.
-    pub const ALL: [Control; 5] = [
+    pub const ALL: [Control; 7] = [
         Control::Up,
         Control::Down,
+        Control::Congested,
+        Control::Drained,
         Control::Open,
         Control::Close,
         Control::Abort,
     ];
 
-    /// The keyword without `!`: `up`, `down`, `open`, `close`, `abort`.
+    /// The keyword without `!`: `up`, `down`, `congested`, `drained`, `open`, `close`, `abort`.
     pub fn keyword(self) -> &'static str {
         match self {
             Control::Up => "up",
             Control::Down => "down",
+            Control::Congested => "congested",
+            Control::Drained => "drained",
             Control::Open => "open",
             Control::Close => "close",
             Control::Abort => "abort",
@@ -342,15 +351,18 @@ impl Control {
         Control::ALL.into_iter().find(|c| c.keyword() == keyword)
     }
 
-    /// Whether this control is reported to the gateway (`!up`, `!down`) rather than asked by it
-    /// (`!open`, `!close`, `!abort`).
+    /// Whether this control is reported to the gateway (`!up`, `!down`, `!congested`,
+    /// `!drained`) rather than asked by it (`!open`, `!close`, `!abort`).
     pub fn is_input(self) -> bool {
-        matches!(self, Control::Up | Control::Down)
+        matches!(
+            self,
+            Control::Up | Control::Down | Control::Congested | Control::Drained
+        )
     }
 }
 
 impl fmt::Display for Control {
-    /// `!up`, `!down`, `!open`, `!close` or `!abort`.
+    /// `!up`, `!down`, `!congested`, `!drained`, `!open`, `!close` or `!abort`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "!{}", self.keyword())
     }
@@ -556,7 +568,15 @@ mod tests {
             assert_eq!(Control::from_token(&control.to_string()), Some(control));
         }
         let inputs: Vec<Control> = Control::ALL.into_iter().filter(|c| c.is_input()).collect();
-        assert_eq!(inputs, [Control::Up, Control::Down]);
+        assert_eq!(
+            inputs,
+            [
+                Control::Up,
+                Control::Down,
+                Control::Congested,
+                Control::Drained
+            ]
+        );
         assert_eq!(Control::from_token("up"), None);
         assert_eq!(Control::from_token("!UP"), None);
         assert_eq!(Payload::from(Control::Abort).to_string(), "!abort");

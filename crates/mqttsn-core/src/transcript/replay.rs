@@ -60,8 +60,8 @@ pub enum ReplayInput<'a> {
     /// An MQTT-SN frame from a device (encapsulated for [`PeerKind::Forwarded`] peers) or MQTT
     /// bytes from a [`PeerKind::Broker`] connection.
     Frame(&'a [u8]),
-    /// What happened to a [`PeerKind::Broker`] connection: [`Control::Up`] or [`Control::Down`]
-    /// (the parser allows no other control on an input line).
+    /// What happened to a [`PeerKind::Broker`] connection: one of the controls for which
+    /// [`Control::is_input`] holds (the parser allows no other on an input line).
     Control(Control),
 }
 

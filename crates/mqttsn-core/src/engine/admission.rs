@@ -1,0 +1,206 @@
+//! Admission of device requests towards the broker: each client's own publish budget, and what
+//! a congested broker connection still takes. Under pressure the device that pushes is the one
+//! slowed (MQTT-SN's "rejected: congestion", or a dropped QoS 0 message), never everyone.
+
+use super::gateway::Gateway;
+use super::{ClientKey, ConnId, Event};
+use crate::time::{Duration, Instant};
+
+/// How often, at most, the engine reports refusals ([`Event::Overload`]): often enough to see
+/// an overload begin, rarely enough that a flood does not become a log storm.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A client's publish budget, as the generic cell rate algorithm keeps a token bucket: one
+/// timestamp, the "theoretical arrival time" (µs of engine time) at which the bucket would be
+/// full again. Each admitted request moves it on by the cost of one message (`1/rate`); a
+/// request is admitted while it stays within one burst (`burst/rate`) of now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    full_at_us: u64,
+}
+
+/// The sizes of every client's [`Budget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetLimits {
+    /// Messages per second, sustained; 0: no limit.
+    pub rate: u32,
+    /// Messages at once on top of the rate (the bucket's size), at least 1.
+    pub burst: u32,
+}
+
+impl BudgetLimits {
+    /// The cost of one message and the span of a full bucket, in µs; `None`: unlimited.
+    fn costs(&self) -> Option<(u64, u64)> {
+        if self.rate == 0 {
+            return None;
+        }
+        let cost = (1_000_000 / u64::from(self.rate)).max(1);
+        Some((cost, cost * u64::from(self.burst.max(1))))
+    }
+}
+
+fn micros(at: Instant) -> u64 {
+    at.as_millis().saturating_mul(1000)
+}
+
+impl Budget {
+    /// Takes one message's worth if the budget has it.
+    pub fn take(&mut self, now: Instant, limits: &BudgetLimits) -> bool {
+        let Some((cost, span)) = limits.costs() else {
+            return true;
+        };
+        let now = micros(now);
+        let start = self.full_at_us.max(now);
+        if start + cost - now > span {
+            return false;
+        }
+        self.full_at_us = start + cost;
+        true
+    }
+
+    /// Whether the client has used at most half its bucket lately: a light user, served even
+    /// while its broker connection is congested (within the connection's overdraft).
+    pub fn is_light(&self, now: Instant, limits: &BudgetLimits) -> bool {
+        match limits.costs() {
+            None => true,
+            Some((_, span)) => self.full_at_us.saturating_sub(micros(now)) * 2 <= span,
+        }
+    }
+}
+
+/// Why a device request was not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client used up its own budget (`limits.publish_rate`, `limits.publish_burst`).
+    OverBudget,
+    /// Its broker connection is congested and the client is not a light user, or the
+    /// connection's overdraft is spent.
+    Congested,
+}
+
+impl Gateway {
+    /// Decides whether a request of `len` bytes from client `key` (`None`: a QoS -1 sender
+    /// without a session) may go to the broker over `conn` now, and charges it if so. A refusal
+    /// is counted here (`qos0`: as a dropped message, else as answered with congestion) and
+    /// reported at most every [`REPORT_INTERVAL`]; the caller answers the device.
+    pub(super) fn admit(
+        &mut self,
+        key: Option<ClientKey>,
+        conn: ConnId,
+        len: usize,
+        qos0: bool,
+    ) -> Result<(), Refusal> {
+        let now = self.now;
+        let limits = self.settings.limits.budget;
+        let allowance = self.settings.upstream_queue_bytes;
+        let congested = self.upstreams.get(&conn).is_some_and(|u| u.congested);
+        let budget = key.and_then(|k| self.client(k)).map(|c| c.budget);
+        let verdict = match budget {
+            Some(budget) if !budget.clone().take(now, &limits) => Err(Refusal::OverBudget),
+            _ if !congested => Ok(()),
+            // While congested, only light users get through, and only until the writes queued
+            // beyond the bound reach the bound again: the queue never holds more than twice
+            // `upstream.max_queued_bytes` because of devices.
+            Some(budget) if budget.is_light(now, &limits) => match self.upstreams.get_mut(&conn) {
+                Some(up) if up.overdraft + len <= allowance => {
+                    up.overdraft += len;
+                    Ok(())
+                }
+                _ => Err(Refusal::Congested),
+            },
+            _ => Err(Refusal::Congested),
+        };
+        match verdict {
+            Ok(()) => {
+                if let Some(client) = key.and_then(|k| self.client_mut(k)) {
+                    client.budget.take(now, &limits);
+                }
+            }
+            Err(refusal) => self.count_refusal(refusal, qos0),
+        }
+        verdict
+    }
+
+    fn count_refusal(&mut self, refusal: Refusal, qos0: bool) {
+        let c = &mut self.counters;
+        match (refusal, qos0) {
+            (Refusal::OverBudget, _) => c.over_budget += 1,
+            (Refusal::Congested, true) => c.congestion_dropped += 1,
+            (Refusal::Congested, false) => c.congestion_refused += 1,
+        }
+        let now = self.now;
+        if self
+            .overload_reported_at
+            .is_none_or(|at| now.saturating_since(at) >= REPORT_INTERVAL)
+        {
+            self.overload_reported_at = Some(now);
+            self.events.push_back(Event::Overload {
+                over_budget: c.over_budget,
+                congestion_refused: c.congestion_refused,
+                congestion_dropped: c.congestion_dropped,
+            });
+        }
+    }
+
+    /// The driver's report on a connection's send queue: congested (over its bound) or
+    /// drained (back under half of it). A connection that comes up or goes down starts
+    /// uncongested.
+    pub(super) fn set_congested(&mut self, conn: ConnId, congested: bool) {
+        if let Some(up) = self.upstreams.get_mut(&conn) {
+            up.congested = congested;
+            up.overdraft = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: BudgetLimits = BudgetLimits { rate: 10, burst: 3 };
+
+    fn ms(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let mut b = Budget::default();
+        let t = ms(1_000);
+        assert!(
+            (0..3).all(|_| b.take(t, &LIMITS)),
+            "a full bucket gives a burst"
+        );
+        assert!(!b.take(t, &LIMITS), "then it is empty");
+        assert!(
+            !b.take(ms(1_099), &LIMITS),
+            "one message per 100 ms comes back"
+        );
+        assert!(b.take(ms(1_100), &LIMITS));
+        assert!(!b.take(ms(1_100), &LIMITS));
+        // A long pause refills it, but never beyond one burst.
+        let later = ms(60_000);
+        assert!((0..3).all(|_| b.take(later, &LIMITS)));
+        assert!(!b.take(later, &LIMITS));
+    }
+
+    #[test]
+    fn light_means_at_most_half_used() {
+        let mut b = Budget::default();
+        let t = ms(1_000);
+        assert!(b.is_light(t, &LIMITS));
+        b.take(t, &LIMITS);
+        assert!(b.is_light(t, &LIMITS), "100 ms of a 300 ms bucket used");
+        b.take(t, &LIMITS);
+        assert!(!b.is_light(t, &LIMITS), "200 ms used");
+        assert!(b.is_light(ms(1_050), &LIMITS), "150 ms used");
+    }
+
+    #[test]
+    fn rate_zero_is_unlimited() {
+        let limits = BudgetLimits { rate: 0, burst: 1 };
+        let mut b = Budget::default();
+        assert!((0..100_000).all(|_| b.take(ms(5), &limits)));
+        assert!(b.is_light(ms(5), &limits));
+    }
+}
