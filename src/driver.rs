@@ -9,7 +9,7 @@
 
 use crate::config::{Config, UpstreamUrl};
 use crate::engine::{
-    ConnId, Destination, Event, Gateway, Link, PeerAddr, UpstreamCommand, UpstreamEvent,
+    ConnId, Counters, Destination, Event, Gateway, Link, PeerAddr, UpstreamCommand, UpstreamEvent,
 };
 use crate::mqtt_v4::MQTT_V4;
 use crate::record::snlog::{Endpoint, Payload, RecordEvent, Recorder};
@@ -57,6 +57,8 @@ pub struct Running {
     udp: Vec<SocketAddr>,
     broker: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    /// Asks the loop for the engine's counters (answered between two inputs).
+    counters: mpsc::Sender<oneshot::Sender<Counters>>,
     task: JoinHandle<()>,
     #[cfg(feature = "embedded-broker")]
     _embedded: Option<crate::embedded::EmbeddedBroker>,
@@ -71,6 +73,14 @@ impl Running {
     /// The broker address in use, when it is a plain TCP address (embedded or `mqtt://`).
     pub fn broker_addr(&self) -> SocketAddr {
         self.broker
+    }
+
+    /// The engine's running totals now (drops and refusals among them). Costs the loop
+    /// nothing until asked. `None` once the gateway has stopped.
+    pub async fn counters(&self) -> Option<Counters> {
+        let (reply, answer) = oneshot::channel();
+        self.counters.send(reply).await.ok()?;
+        answer.await.ok()
     }
 
     /// Stops the gateway cleanly: MQTT DISCONNECT on every broker connection, then waits for
@@ -136,6 +146,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
     let pool = UpstreamPool::new(settings, events_tx);
     let engine = Gateway::new(config.engine_settings(random_hash_seed()), &MQTT_V4);
+    let (counters_tx, counters_rx) = mpsc::channel(4);
     let task = tokio::spawn(async move {
         let stop = async {
             let _ = stop_rx.await;
@@ -147,12 +158,19 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
             recorder: recording.snlog,
             shutdown: trigger,
         };
-        event_loop(engine, io, datagram_rx, serial_rx, events_rx, stop).await;
+        let inputs = Inputs {
+            datagrams: datagram_rx,
+            serial: serial_rx,
+            upstream: events_rx,
+            counters: counters_rx,
+        };
+        event_loop(engine, io, inputs, stop).await;
     });
     Ok(Running {
         udp: addrs,
         broker,
         stop: Some(stop_tx),
+        counters: counters_tx,
         task,
         #[cfg(feature = "embedded-broker")]
         _embedded: embedded,
@@ -268,14 +286,26 @@ fn broker_endpoint(engine: &Gateway, conn: ConnId) -> Endpoint {
     }
 }
 
+/// What the loop waits on besides the clock and the stop signal.
+struct Inputs {
+    datagrams: mpsc::Receiver<Datagram>,
+    serial: mpsc::Receiver<SerialInbound>,
+    upstream: mpsc::Receiver<(ConnId, ConnEvent)>,
+    counters: mpsc::Receiver<oneshot::Sender<Counters>>,
+}
+
 async fn event_loop(
     mut engine: Gateway,
     mut io: Io,
-    mut datagrams: mpsc::Receiver<Datagram>,
-    mut serial: mpsc::Receiver<SerialInbound>,
-    mut upstream: mpsc::Receiver<(ConnId, ConnEvent)>,
+    inputs: Inputs,
     stop: impl Future<Output = ()>,
 ) {
+    let Inputs {
+        mut datagrams,
+        mut serial,
+        mut upstream,
+        mut counters,
+    } = inputs;
     let clock = Clock(std::time::Instant::now());
     tokio::pin!(stop);
     flush(&mut engine, &mut io, clock.now()).await;
@@ -324,6 +354,10 @@ async fn event_loop(
                     taken += 1;
                     next = if taken < BATCH { upstream.try_recv().ok() } else { None };
                 }
+            }
+            Some(reply) = counters.recv() => {
+                let _ = reply.send(engine.counters());
+                continue;
             }
             _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
                 engine.handle_timeout(clock.now());

@@ -47,3 +47,133 @@ async fn a_broker_sending_garbage_is_reconnected_to_through_the_backoff() {
     );
     gw.stop().await;
 }
+
+/// A broker that stops reading (Mosquitto paused with SIGSTOP) while one device floods: the
+/// gateway must not drop its broker connection (it used to, once its send queue was full,
+/// cutting every device off in aggregating mode and firing the flooder's will in transparent
+/// mode). It slows the flooder instead, while a light QoS 1 device loses nothing.
+async fn stalled_broker_flood(mode: &str) {
+    use crate::support::device::{connect, Device};
+    use crate::support::mosquitto::Mosquitto;
+    use crate::support::mqtt::Client;
+    use mqttsn_gateway::codec::{Message, PubAck, QoS, ReturnCode};
+
+    let broker = Mosquitto::start();
+    let mut watcher = Client::connect(broker.port(), "watcher").await;
+    watcher.subscribe("t/#", rumqttc::QoS::AtLeastOnce).await;
+    watcher.subscribe("will/#", rumqttc::QoS::AtLeastOnce).await;
+    // A small queue bound so that the flood reaches it quickly; a budget the flooder exceeds
+    // (it sends as fast as it can) and the steady device never comes near.
+    let gw = driver::start(broker.gateway_config(&format!(
+        "max_queued_bytes = 65536\n[gateway]\nmode = \"{mode}\"\n\
+         [limits]\npublish_rate = 10000\npublish_burst = 100\n"
+    )))
+    .await
+    .unwrap();
+    let addr = gw.udp_addrs()[0];
+    let steady = Device::new(addr).await;
+    connect(&steady, "steady", 60, false).await;
+    let steady_topic = steady.register("t/steady", 1).await;
+    let flooder = Device::new(addr).await;
+    connect(&flooder, "flooder", 60, true).await;
+    flooder
+        .send(Message::WillTopic(Some(mqttsn_gateway::codec::WillTopic {
+            qos: QoS::Zero,
+            retain: false,
+            topic: "will/flooder",
+        })))
+        .await;
+    flooder.recv().await; // WILLMSGREQ
+    flooder.send(Message::WillMsg { msg: b"gone" }).await;
+    flooder.recv().await; // CONNACK
+    let flood_topic = flooder.register("t/flood", 1).await;
+    let gateway_id = if mode == "aggregating" {
+        "gateway-1"
+    } else {
+        "flooder"
+    };
+    assert_eq!(broker.connects(gateway_id), 1);
+
+    broker.pause();
+    let payload = vec![0x46u8; 1000];
+    let started = Instant::now();
+    let mut steady_sent = 0u16;
+    // A second of flood (far more than the socket buffers and the queue hold), with a QoS 1
+    // message from the steady device every 200 ms.
+    while started.elapsed() < Duration::from_secs(1) {
+        for _ in 0..100 {
+            flooder.publish(flood_topic, QoS::Zero, 0, &payload).await;
+        }
+        if started.elapsed() >= Duration::from_millis(200 * u64::from(steady_sent)) {
+            steady_sent += 1;
+            let data = format!("steady {steady_sent}");
+            steady
+                .publish(steady_topic, QoS::One, steady_sent, data.as_bytes())
+                .await;
+        }
+        tokio::task::yield_now().await;
+    }
+    broker.resume();
+
+    // Every steady message is acknowledged as accepted, and reaches the subscriber.
+    let mut acked = Vec::new();
+    while acked.len() < usize::from(steady_sent) {
+        let reply = steady.recv().await;
+        if let Ok(Message::PubAck(PubAck {
+            msg_id,
+            return_code,
+            ..
+        })) = Message::decode(&reply)
+        {
+            assert_eq!(return_code, ReturnCode::Accepted, "steady message {msg_id}");
+            acked.push(msg_id);
+        }
+    }
+    let mut seen = Vec::new();
+    while seen.len() < usize::from(steady_sent) {
+        let m = watcher.next().await;
+        assert_ne!(
+            m.topic, "will/flooder",
+            "the live flooder's will was published"
+        );
+        if m.topic == "t/steady" {
+            seen.push(String::from_utf8(m.payload).unwrap());
+        }
+    }
+    let expected: Vec<String> = (1..=steady_sent).map(|i| format!("steady {i}")).collect();
+    assert_eq!(seen, expected);
+    // The flooder is still connected and served once the broker keeps up again.
+    flooder.publish(flood_topic, QoS::One, 77, b"after").await;
+    let reply = flooder
+        .recv_until(|m| matches!(m, Message::PubAck(PubAck { msg_id: 77, .. })))
+        .await;
+    assert!(matches!(
+        Message::decode(&reply),
+        Ok(Message::PubAck(PubAck {
+            return_code: ReturnCode::Accepted,
+            ..
+        }))
+    ));
+    // ... over the broker connection it had all along.
+    assert_eq!(
+        broker.connects(gateway_id),
+        1,
+        "the broker connection was dropped"
+    );
+    // The congestion was reached (not only the flooder's own budget), and counted.
+    let counters = gw.counters().await.unwrap();
+    assert!(counters.congestion_dropped > 0, "{counters:?}");
+    assert!(counters.over_budget > 0, "{counters:?}");
+    assert_eq!(counters.congestion_refused, 0, "{counters:?}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broker_slows_the_flooder_and_keeps_the_shared_connection() {
+    stalled_broker_flood("aggregating").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broker_fires_no_will_for_a_live_flooder() {
+    stalled_broker_flood("transparent").await;
+}

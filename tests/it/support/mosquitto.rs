@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// A running (or stopped) Mosquitto instance.
 pub struct Mosquitto {
@@ -13,6 +14,8 @@ pub struct Mosquitto {
     port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// Every "New client connected ... as ID" line of its log so far, as the ids.
+    connects: Arc<Mutex<Vec<String>>>,
 }
 
 fn free_port() -> u16 {
@@ -54,6 +57,7 @@ impl Mosquitto {
                 port: free_port(),
                 dir: dir.clone(),
                 persistent,
+                connects: Arc::default(),
             };
             if broker.spawn() {
                 return broker;
@@ -99,6 +103,34 @@ impl Mosquitto {
         mqttsn_gateway::driver::start_with(self.gateway_config(""), recording)
             .await
             .unwrap()
+    }
+
+    /// How many times a client with this id has connected so far (from the broker's log).
+    pub fn connects(&self, client_id: &str) -> usize {
+        let connects = self.connects.lock().unwrap();
+        connects.iter().filter(|id| *id == client_id).count()
+    }
+
+    /// Stops the broker process (SIGSTOP) without closing anything: it reads nothing, so its
+    /// clients' sockets fill up, as with a broker that cannot keep up.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} failed");
+        }
     }
 
     /// Kills the broker (like a crash: connections reset, nothing persisted).
@@ -179,8 +211,18 @@ impl Mosquitto {
             let _ = child.wait();
             return false;
         }
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        // Keep draining its log so it never blocks on a full pipe, noting who connects.
+        let connects = Arc::clone(&self.connects);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some((_, rest)) = line.split_once("New client connected from ") {
+                    if let Some((_, id)) = rest.split_once(" as ") {
+                        let id = id.split_whitespace().next().unwrap_or_default();
+                        connects.lock().unwrap().push(id.to_owned());
+                    }
+                }
+            }
+        });
         self.child = Some(child);
         true
     }
@@ -188,6 +230,8 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        // In case a failing test left it paused.
+        self.resume();
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
