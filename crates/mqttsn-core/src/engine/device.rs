@@ -127,43 +127,70 @@ impl Gateway {
         }
     }
 
-    /// A message that does not decode. Most are dropped; the two whose only fault is text
-    /// that is not UTF-8 get the spec's refusal instead of silence, so that the device stops
-    /// retrying: CONNECT (a ClientId) gets CONNACK "not supported", and REGISTER (a topic
-    /// name) from a connected client gets REGACK "not supported".
+    /// A message that does not decode. Most are dropped; those whose only fault is text that
+    /// is not UTF-8 get the spec's refusal instead of silence, so that the device stops
+    /// retrying: CONNECT (a ClientId) gets CONNACK "not supported"; from a connected client,
+    /// REGISTER gets REGACK and SUBSCRIBE gets SUBACK "not supported", UNSUBSCRIBE gets its
+    /// UNSUBACK (nothing can be subscribed under such a name), WILLTOPICUPD gets WILLTOPICRESP
+    /// "not supported"; WILLTOPIC in the will handshake ends it with CONNACK "not supported";
+    /// a PINGREQ naming a ClientId that cannot exist gets DISCONNECT, as an unknown client
+    /// would, unless a session is at its address (then it is only dropped).
     pub(super) fn on_undecodable(&mut self, peer: PeerAddr, bytes: &[u8], error: DecodeError) {
         let DecodeError::InvalidUtf8 { msg_type, .. } = error else {
             return self.drop_frame(peer, error.to_string());
         };
-        match msg_type {
-            MsgType::Connect => {
-                self.reject_connect(peer, ReturnCode::NotSupported, "client id is not UTF-8")
+        if msg_type == MsgType::Connect {
+            return self.reject_connect(peer, ReturnCode::NotSupported, "client id is not UTF-8");
+        }
+        let key = self.by_peer.get(&peer).copied();
+        if msg_type == MsgType::PingReq {
+            self.drop_frame(peer, error.to_string());
+            if key.is_none() {
+                self.send(peer, Message::Disconnect { duration: None });
             }
-            MsgType::Register => {
-                let connected = self
-                    .by_peer
-                    .get(&peer)
-                    .and_then(|&key| self.client(key))
-                    .is_some_and(|c| c.state.is_connected());
-                // REGISTER's body: TopicId (2), MsgId (2), TopicName; the decoder has checked
-                // the lengths before it looked at the name.
-                let msg_id = split_header(bytes)
-                    .ok()
-                    .and_then(|(_, body)| body.get(2..4))
-                    .map(|id| u16::from_be_bytes([id[0], id[1]]));
-                match (connected, msg_id) {
-                    (true, Some(msg_id)) => self.send(
-                        peer,
-                        Message::RegAck(RegAck {
-                            topic_id: 0,
-                            msg_id,
-                            return_code: ReturnCode::NotSupported,
-                        }),
-                    ),
-                    _ => self.drop_frame(peer, error.to_string()),
+            return;
+        }
+        let state = key.and_then(|k| self.client(k)).map(|c| c.state);
+        // The MsgId of REGISTER (after its TopicId), SUBSCRIBE and UNSUBSCRIBE (after their
+        // flags); the decoder has checked the lengths before it looked at the text.
+        let msg_id_at = |at: usize| {
+            split_header(bytes)
+                .ok()
+                .and_then(|(_, body)| body.get(at..at + 2))
+                .map(|id| u16::from_be_bytes([id[0], id[1]]))
+        };
+        let connected = state.is_some_and(State::is_connected);
+        let reply = match (msg_type, connected) {
+            (MsgType::Register, true) => msg_id_at(2).map(|msg_id| {
+                Message::RegAck(RegAck {
+                    topic_id: 0,
+                    msg_id,
+                    return_code: ReturnCode::NotSupported,
+                })
+            }),
+            (MsgType::Subscribe, true) => msg_id_at(1).map(|msg_id| {
+                Message::SubAck(SubAck {
+                    qos: QoS::Zero,
+                    topic_id: 0,
+                    msg_id,
+                    return_code: ReturnCode::NotSupported,
+                })
+            }),
+            (MsgType::Unsubscribe, true) => msg_id_at(1).map(|msg_id| Message::UnsubAck { msg_id }),
+            (MsgType::WillTopicUpd, true) => Some(Message::WillTopicResp {
+                return_code: ReturnCode::NotSupported,
+            }),
+            (MsgType::WillTopic, _) if state == Some(State::WillTopic) => {
+                if let Some(key) = key {
+                    self.refuse_will(key, "will topic is not UTF-8");
                 }
+                return;
             }
-            _ => self.drop_frame(peer, error.to_string()),
+            _ => None,
+        };
+        match reply {
+            Some(reply) => self.send(peer, reply),
+            None => self.drop_frame(peer, error.to_string()),
         }
     }
 
