@@ -50,6 +50,7 @@ impl Config {
                 },
                 max_filters_per_client: self.limits.max_filters_per_client,
                 max_will_bytes: self.limits.max_will_bytes,
+                verify_return_path: self.limits.verify_return_path,
             },
             upstream_queue_bytes: self.upstream.max_queued_bytes,
             hash_seed,

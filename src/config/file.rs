@@ -151,6 +151,7 @@ struct RawLimits {
     publish_burst: Field<i64>,
     max_filters_per_client: Field<i64>,
     max_will_bytes: Field<i64>,
+    verify_return_path: Field<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -774,6 +775,7 @@ impl RawLimits {
             max_will_bytes: cx
                 .int(&self.max_will_bytes, "limits.max_will_bytes", 1..=i64::MAX)?
                 .unwrap_or(d.max_will_bytes),
+            verify_return_path: value(&self.verify_return_path).unwrap_or(d.verify_return_path),
         })
     }
 }

@@ -64,6 +64,10 @@ pub struct LimitsConfig {
     /// Most bytes of a will, topic and message together; a larger one gets CONNACK (or
     /// WILLTOPICRESP, WILLMSGRESP) "not supported".
     pub max_will_bytes: usize,
+    /// Send a device address no more bytes than it sent until it shows it receives (PINGREQ,
+    /// or an acknowledgement of a gateway message), so that forged source addresses cannot be
+    /// flooded through the gateway.
+    pub verify_return_path: bool,
 }
 
 impl Default for LimitsConfig {
@@ -73,6 +77,7 @@ impl Default for LimitsConfig {
             publish_burst: 2000,
             max_filters_per_client: 256,
             max_will_bytes: 4096,
+            verify_return_path: true,
         }
     }
 }

@@ -163,6 +163,7 @@ publish_rate = 0
 publish_burst = 1
 max_filters_per_client = 3
 max_will_bytes = 9
+verify_return_path = false
 "#;
 
 /// What `FULL` must load as: every key set, none to its default.
@@ -264,6 +265,7 @@ fn full_config() -> Config {
             publish_burst: 1,
             max_filters_per_client: 3,
             max_will_bytes: 9,
+            verify_return_path: false,
         },
     }
 }

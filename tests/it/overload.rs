@@ -177,3 +177,89 @@ async fn a_stalled_broker_slows_the_flooder_and_keeps_the_shared_connection() {
 async fn a_stalled_broker_fires_no_will_for_a_live_flooder() {
     stalled_broker_flood("transparent").await;
 }
+
+/// A blind CONNECT and SUBSCRIBE, as from a forged source address that never answers, must
+/// not turn the gateway into a stream of broker messages aimed at that address: until the
+/// address shows it receives, it gets no more bytes than it sent. (Before the check, 1,000
+/// broker messages sent it about 1 MB for 39 bytes.) A device that proved itself with PINGREQ,
+/// subscribed to the same topic, gets every message meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unproven_address_gets_no_more_bytes_than_it_sent() {
+    use crate::support::device::{connect, Device};
+    use crate::support::mosquitto::Mosquitto;
+    use crate::support::mqtt::Client;
+    use mqttsn_gateway::codec::{Connect, Message, QoS, Subscribe, TopicFilter};
+
+    let broker = Mosquitto::start();
+    let gw = driver::start(broker.gateway_config("")).await.unwrap();
+    let addr = gw.udp_addrs()[0];
+    let legit = Device::new(addr).await;
+    connect(&legit, "legit", 60, false).await;
+    legit
+        .subscribe(TopicFilter::Name("r/t"), QoS::Zero, 1)
+        .await;
+    legit.send(Message::PingReq { client_id: None }).await;
+    legit.recv().await; // PINGRESP
+
+    let blind = Device::new(addr).await;
+    let connect_frame = Message::Connect(Connect {
+        will: false,
+        clean_session: true,
+        duration: 60,
+        client_id: "blind-device",
+    })
+    .to_vec()
+    .unwrap();
+    let subscribe_frame = Message::Subscribe(Subscribe {
+        dup: false,
+        qos: QoS::Zero,
+        msg_id: 1,
+        topic: TopicFilter::Name("r/t"),
+    })
+    .to_vec()
+    .unwrap();
+    let bytes_in = connect_frame.len() + subscribe_frame.len();
+    blind.socket.send_to(&connect_frame, addr).await.unwrap();
+    blind.socket.send_to(&subscribe_frame, addr).await.unwrap();
+    // What reaches the forged address is counted, never answered. The SUBACK tells that the
+    // subscription is in place.
+    let mut bytes_out = blind.recv().await.len(); // CONNACK
+    bytes_out += blind
+        .recv_until(|m| matches!(m, Message::SubAck(_)))
+        .await
+        .len();
+
+    let mut publisher = Client::connect(broker.port(), "publisher").await;
+    let mut buf = vec![0u8; 65_536];
+    // In rounds of 100, so that the test's own socket buffers never overflow.
+    for round in 0..10u32 {
+        for i in 0..100u32 {
+            let payload = format!("message {round}/{i:02} {}", "x".repeat(100));
+            publisher
+                .publish("r/t", rumqttc::QoS::AtMostOnce, false, payload.as_bytes())
+                .await;
+        }
+        let mut delivered = 0;
+        while delivered < 100 {
+            let got = timeout(PATIENCE, legit.socket.recv_from(&mut buf)).await;
+            let Ok(Ok((n, _))) = got else {
+                panic!("round {round}: the proven device got {delivered} of 100 messages");
+            };
+            if let Ok(Message::Publish(_)) = Message::decode(&buf[..n]) {
+                delivered += 1;
+            }
+        }
+    }
+    // The gateway sent the blind address whatever it was going to in the same steps that
+    // served the legitimate device: it is all in the socket's buffer by now.
+    while let Ok((n, _)) = blind.socket.try_recv_from(&mut buf) {
+        bytes_out += n;
+    }
+    assert!(
+        bytes_out <= bytes_in,
+        "{bytes_out} bytes out for {bytes_in} bytes in"
+    );
+    let counters = gw.counters().await.unwrap();
+    assert!(counters.return_path_waits > 0, "{counters:?}");
+    gw.stop().await;
+}

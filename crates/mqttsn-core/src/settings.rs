@@ -100,6 +100,9 @@ pub struct Limits {
     pub max_filters_per_client: usize,
     /// Most bytes of a will: topic plus message.
     pub max_will_bytes: usize,
+    /// Send an address no more than it sent until it has shown it receives (see
+    /// [`crate::engine::Gateway`]'s return-path check).
+    pub verify_return_path: bool,
 }
 
 impl fmt::Debug for Settings {

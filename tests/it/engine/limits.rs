@@ -173,9 +173,12 @@ fn sleepers_together_hold_no_more_than_the_total_bound() {
         assert_eq!(gw.held_bytes(), gw.held_bytes_recounted());
     }
     assert_eq!(gw.held_bytes(), 93, "three copies fit in 100 bytes");
-    // The total is nearly used up by sleepers, but a device taking messages now still gets them.
+    // The total is nearly used up by sleepers, but a device taking messages now (one that has
+    // shown it receives, with a PINGREQ: an unproven address shares the total with sleepers)
+    // still gets them.
     let awake = connected(&mut gw, 5);
     subscribe_t(&mut gw, awake, 3);
+    let _ = send(&mut gw, awake, Message::PingReq { client_id: None });
     gw.handle_upstream(Instant::from_millis(3), conn, UpstreamEvent::Data(&publish));
     let out: Vec<_> = std::iter::from_fn(|| gw.poll_transmit()).collect();
     drain(&mut gw);

@@ -182,6 +182,12 @@ pub struct Client {
     pub conn: Option<ConnId>,
     /// What the device may still send upstream ([`super::admission`]).
     pub budget: Budget,
+    /// The device at `peer` has shown it receives what the gateway sends (it sent PINGREQ, or
+    /// acknowledged a gateway PUBLISH, PUBREL or REGISTER). Until then it gets no more bytes
+    /// than it sent, so that a forged source address cannot be flooded through the gateway.
+    pub verified: bool,
+    /// While not verified: bytes received from `peer` less bytes sent to it.
+    pub credit: u32,
     /// State most devices never need, allocated on first use, so an idle session stays small.
     extras: Option<Box<Extras>>,
 }
@@ -228,6 +234,8 @@ impl Client {
             last_msg_id: 0,
             conn: None,
             budget: Budget::default(),
+            verified: false,
+            credit: 0,
             extras: None,
         }
     }

@@ -31,7 +31,7 @@ impl Gateway {
         // stays within `sleep.max_total_bytes` together: it may use its own bytes plus what is
         // free in total, and its drop policy decides what gives way. A device taking messages
         // now is bounded by its own buffer only, so held sessions cannot starve live ones.
-        if !client.state.delivers() {
+        if !client.state.delivers() || !client.verified {
             limits.max_bytes = limits.max_bytes.min(client.queued_bytes() + free);
         }
         let size = down.size();
@@ -94,6 +94,27 @@ impl Gateway {
                     _ => return self.register_topic(now, key, topic),
                 },
             };
+            let Some(front) = self.client(key).and_then(|c| c.front_down()) else {
+                return;
+            };
+            let len = Message::Publish(Publish {
+                dup: false,
+                qos: front.qos,
+                retain: front.retain,
+                topic: topic_ref,
+                msg_id: 0,
+                data: &front.payload,
+            })
+            .encoded_len()
+                + self.client(key).map_or(0, |c| peer_overhead(&c.peer));
+            if !self.may_send(key, len) {
+                // Waits for the device to show it receives; a REGISTER of the topic it already
+                // knows asks it to (its REGACK is the proof, one round trip).
+                if let TopicRef::Id(topic_id) = topic_ref {
+                    self.send_register(now, key, topic, topic_id);
+                }
+                return;
+            }
             let Some(client) = self.client_mut(key) else {
                 return;
             };
@@ -167,6 +188,22 @@ impl Gateway {
                 return self.pump(now, key);
             }
         };
+        self.send_register(now, key, topic, topic_id);
+    }
+
+    /// Sends REGISTER of `topic` as `topic_id` and awaits its REGACK. Not held back by the
+    /// return-path check: it is small, retransmitted at most N_RETRY times, and its REGACK is
+    /// how a device shows it receives.
+    fn send_register(
+        &mut self,
+        now: Instant,
+        key: ClientKey,
+        topic: std::sync::Arc<str>,
+        topic_id: u16,
+    ) {
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
         let msg_id = client.next_msg_id();
         let peer = client.peer;
         self.send(
@@ -234,8 +271,19 @@ impl Gateway {
             _ => None,
         };
         self.counters.retransmissions += 1;
+        let unproven = self.client(key).is_some_and(|c| !c.verified)
+            && self.settings.limits.verify_return_path;
+        self.schedule(retry_at, Timer::Retry(key, generation));
+        // An unproven address is not sent the same thing again and again: a PUBLISH only
+        // within what it sent, a REGISTER (its probe) not at all. The retries still count, so
+        // an address that never answers is lost after N_RETRY.
         match (resend, kind) {
-            (Some(frame), _) => self.send_bytes(peer, frame),
+            (Some(frame), _) => {
+                if self.may_send(key, frame.len()) {
+                    self.send_bytes(peer, frame);
+                }
+            }
+            _ if unproven => {}
             (None, Some((topic, topic_id))) => self.send(
                 peer,
                 Message::Register(Register {
@@ -246,7 +294,6 @@ impl Gateway {
             ),
             (None, None) => self.send(peer, Message::PubRel { msg_id }),
         }
-        self.schedule(retry_at, Timer::Retry(key, generation));
     }
 
     pub(super) fn on_retry(&mut self, now: Instant, key: ClientKey, generation: u16, at: Instant) {
@@ -289,6 +336,9 @@ impl Gateway {
             .as_ref()
             .is_some_and(|i| i.msg_id == msg_id && want(&i.kind));
         if matches {
+            // Acknowledging what the gateway sent proves the address receives.
+            client.verified = true;
+            client.credit = 0;
             client.inflight.take().map(|i| i.kind)
         } else {
             None
@@ -358,4 +408,11 @@ impl Gateway {
         }
         self.pump(now, key);
     }
+}
+
+/// Bytes the forwarder encapsulation adds for a device behind a forwarder.
+fn peer_overhead(peer: &super::peer::PeerAddr) -> usize {
+    peer.node
+        .as_ref()
+        .map_or(0, |node| 3 + node.as_bytes().len())
 }

@@ -35,10 +35,17 @@ pub(super) fn untoken(token: u64) -> (ClientKey, u16, u16) {
 pub(super) const INTERNAL: u64 = u64::MAX;
 
 impl Gateway {
-    pub(super) fn on_message(&mut self, now: Instant, peer: PeerAddr, msg: Message<'_>) {
+    /// A decoded frame of `len` bytes from `peer`.
+    pub(super) fn on_message(
+        &mut self,
+        now: Instant,
+        peer: PeerAddr,
+        msg: Message<'_>,
+        len: usize,
+    ) {
         let key = self.by_peer.get(&peer).copied();
         match msg {
-            Message::Connect(connect) => return self.on_connect(now, peer, connect),
+            Message::Connect(connect) => return self.on_connect(now, peer, connect, len),
             Message::SearchGw { .. } => {
                 if self.broker_up {
                     let gwinfo = Message::GwInfo(crate::codec::GwInfo {
@@ -73,6 +80,7 @@ impl Gateway {
             self.drop_frame(peer, format!("{} from an unknown client", msg.msg_type()));
             return self.send(peer, Message::Disconnect { duration: None });
         };
+        self.credit_in(key, len);
         let Some(client) = self.client_mut(key) else {
             return;
         };
@@ -105,7 +113,10 @@ impl Gateway {
             (State::Asleep | State::Awake, Message::PingReq { .. }) => {
                 self.on_ping_with_id(now, peer, key)
             }
-            (s, Message::PingReq { .. }) if s.is_connected() => self.send(peer, Message::PingResp),
+            (s, Message::PingReq { .. }) if s.is_connected() => {
+                self.send(peer, Message::PingResp);
+                self.verify_return_path(now, key);
+            }
             (s, Message::Disconnect { duration }) if s != State::Disconnected => {
                 self.on_disconnect(now, key, duration)
             }
@@ -207,7 +218,7 @@ impl Gateway {
         self.send(peer, Message::ConnAck { return_code });
     }
 
-    fn on_connect(&mut self, now: Instant, peer: PeerAddr, c: Connect<'_>) {
+    fn on_connect(&mut self, now: Instant, peer: PeerAddr, c: Connect<'_>, len: usize) {
         if c.client_id.is_empty() || c.client_id.len() > self.settings.client_id_max_len {
             return self.reject_connect(peer, ReturnCode::NotSupported, "client id length");
         }
@@ -246,6 +257,7 @@ impl Gateway {
                 self.insert_client(Arc::from(c.client_id), peer, now)
             }
         };
+        self.credit_in(key, len);
         let (wiped, released) = {
             let Some(client) = self.client_mut(key) else {
                 return;
@@ -286,6 +298,9 @@ impl Gateway {
         };
         let old = std::mem::replace(&mut client.peer, peer);
         if old != peer {
+            // A new address has to show again that it receives.
+            client.verified = false;
+            client.credit = 0;
             if self.by_peer.get(&old) == Some(&key) {
                 self.by_peer.remove(&old);
             }
@@ -732,6 +747,9 @@ impl Gateway {
                 client.state = State::Awake;
                 let client_id = client.client_id.clone();
                 self.move_client(key, peer);
+                if let Some(client) = self.client_mut(key) {
+                    client.verified = true;
+                }
                 self.events.push_back(Event::ClientAwake { client_id });
                 self.resume_inflight(now, key);
                 self.pump(now, key);
@@ -739,6 +757,7 @@ impl Gateway {
             s if s.is_connected() => {
                 self.move_client(key, peer);
                 self.send(peer, Message::PingResp);
+                self.verify_return_path(now, key);
             }
             _ => {
                 self.drop_frame(peer, "PINGREQ from a client that is not connected".into());

@@ -67,6 +67,9 @@ pub struct Counters {
     pub congestion_refused: u64,
     /// QoS 0 and -1 PUBLISH dropped because the broker connection was congested.
     pub congestion_dropped: u64,
+    /// Times a message for a device waited because its address had not yet shown that it
+    /// receives (the return-path check: no more bytes out than in until then).
+    pub return_path_waits: u64,
 }
 
 /// An upstream connection and the session state behind it.
@@ -190,7 +193,7 @@ impl Gateway {
             },
         };
         match Message::decode_with(inner, &self.settings.decode) {
-            Ok(message) => self.on_message(now, peer, message),
+            Ok(message) => self.on_message(now, peer, message, bytes.len()),
             Err(e) => self.on_undecodable(peer, inner, e),
         }
     }
@@ -356,6 +359,9 @@ impl Gateway {
     /// Encodes `msg` for `peer` (encapsulated if the peer is behind a forwarder) and queues it.
     pub(super) fn send(&mut self, peer: PeerAddr, msg: Message<'_>) {
         if let Some(bytes) = self.encode_for(peer, msg) {
+            if let Some(&key) = self.by_peer.get(&peer) {
+                self.charge_reply(key, bytes.len());
+            }
             self.send_bytes(peer, bytes);
         }
     }

@@ -15,6 +15,7 @@ mod gateway;
 pub mod mqtt;
 pub mod peer;
 pub mod registry;
+mod return_path;
 mod slab;
 pub mod sleep;
 pub mod subscriptions;
