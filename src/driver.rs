@@ -340,6 +340,12 @@ async fn event_loop(
                 let mut taken = 0;
                 while let Some((conn, event)) = next {
                     let now = clock.now();
+                    // A drain reported before the queue congested again says nothing now.
+                    if event == ConnEvent::Drained && io.pool.is_congested(conn) {
+                        taken += 1;
+                        next = if taken < BATCH { upstream.try_recv().ok() } else { None };
+                        continue;
+                    }
                     let (upstream_event, data) = match &event {
                         ConnEvent::Connected => (UpstreamEvent::Connected, None),
                         ConnEvent::Data(bytes) => (UpstreamEvent::Data(bytes), Some(bytes)),
@@ -433,8 +439,8 @@ async fn flush(engine: &mut Gateway, io: &mut Io, now: Instant) {
             UpstreamCommand::Open(conn) => io.pool.open(conn),
             UpstreamCommand::Send(conn, bytes) => {
                 if io.pool.send(conn, bytes) == Pressure::Congested {
-                    // The engine hears of it at once, before it admits more for this
-                    // connection; recorded as the input it is.
+                    // The engine hears of it now, before the next batch of inputs (it may have
+                    // admitted one batch's worth past the bound); recorded as the input it is.
                     let event = UpstreamEvent::Congested;
                     if io.recorder.is_some() {
                         let payload = recorded(event.control(), None);

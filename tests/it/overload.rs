@@ -66,7 +66,7 @@ async fn stalled_broker_flood(mode: &str) {
     // (it sends as fast as it can) and the steady device never comes near.
     let gw = driver::start(broker.gateway_config(&format!(
         "max_queued_bytes = 65536\n[gateway]\nmode = \"{mode}\"\n\
-         [limits]\npublish_rate = 10000\npublish_burst = 100\n"
+         [limits]\npublish_rate = 1000\npublish_burst = 50\n"
     )))
     .await
     .unwrap();
@@ -95,18 +95,19 @@ async fn stalled_broker_flood(mode: &str) {
     assert_eq!(broker.connects(gateway_id), 1);
 
     broker.pause();
-    let payload = vec![0x46u8; 1000];
+    let payload = vec![0x46u8; 8000];
     let started = Instant::now();
     let mut steady_sent = 0u16;
-    // A second of flood (far more than the socket buffers and the queue hold), with a QoS 1
-    // message from the steady device every 200 ms.
-    while started.elapsed() < Duration::from_secs(1) {
-        for _ in 0..100 {
+    // Two seconds of flood at its budget (16 MB: far more than the socket buffers and the
+    // queue hold), with a QoS 1 message from the steady device every 200 ms.
+    while started.elapsed() < Duration::from_secs(2) {
+        for _ in 0..20 {
             flooder.publish(flood_topic, QoS::Zero, 0, &payload).await;
         }
         if started.elapsed() >= Duration::from_millis(200 * u64::from(steady_sent)) {
             steady_sent += 1;
-            let data = format!("steady {steady_sent}");
+            // Long enough that light users' overdraft, not luck, decides.
+            let data = format!("steady {steady_sent} {}", "s".repeat(200));
             steady
                 .publish(steady_topic, QoS::One, steady_sent, data.as_bytes())
                 .await;
@@ -125,7 +126,12 @@ async fn stalled_broker_flood(mode: &str) {
             ..
         })) = Message::decode(&reply)
         {
-            assert_eq!(return_code, ReturnCode::Accepted, "steady message {msg_id}");
+            if return_code != ReturnCode::Accepted {
+                panic!(
+                    "steady message {msg_id}: {return_code:?}; {:?}",
+                    gw.counters().await
+                );
+            }
             acked.push(msg_id);
         }
     }
@@ -140,7 +146,9 @@ async fn stalled_broker_flood(mode: &str) {
             seen.push(String::from_utf8(m.payload).unwrap());
         }
     }
-    let expected: Vec<String> = (1..=steady_sent).map(|i| format!("steady {i}")).collect();
+    let expected: Vec<String> = (1..=steady_sent)
+        .map(|i| format!("steady {i} {}", "s".repeat(200)))
+        .collect();
     assert_eq!(seen, expected);
     // The flooder is still connected and served once the broker keeps up again.
     flooder.publish(flood_topic, QoS::One, 77, b"after").await;

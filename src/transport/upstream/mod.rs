@@ -353,6 +353,14 @@ impl UpstreamPool {
         Pressure::Fine
     }
 
+    /// Whether `conn`'s queue counts as congested now. A [`ConnEvent::Drained`] that arrives
+    /// after the queue was reported congested again is stale, and this tells.
+    pub fn is_congested(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|h| h.control.congested.load(Ordering::Acquire))
+    }
+
     /// Closes `conn` for good: the bytes already sent are written, the connection is shut down
     /// (TLS close_notify, then FIN) and no event follows. Closing a connection that is down
     /// ends its retries.

@@ -266,6 +266,7 @@ async fn a_slow_broker_congests_the_queue_then_it_drains_without_a_reconnect() {
         assert!(sent < 64 * 1024 * 1024, "the queue never congested");
         tokio::task::yield_now().await;
     }
+    assert!(pool.is_congested(C));
     // Reported once: more sends while congested say nothing new.
     assert_eq!(pool.send(C, chunk.clone()), Pressure::Fine);
     sent += chunk.len();
@@ -278,6 +279,7 @@ async fn a_slow_broker_congests_the_queue_then_it_drains_without_a_reconnect() {
         broker.read_exact(&mut got).await.map(|_| (broker, got))
     });
     assert_eq!(next(&mut events).await, (C, ConnEvent::Drained));
+    assert!(!pool.is_congested(C), "a Drained the driver can trust");
     let (broker, got) = timeout(LIMIT, reader).await.unwrap().unwrap().unwrap();
     assert!(got.iter().all(|&b| b == 0x55));
     pool.close(C);

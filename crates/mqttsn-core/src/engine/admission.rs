@@ -58,6 +58,14 @@ impl Budget {
         true
     }
 
+    /// Marks the budget used up (never more): a client refused for pushing stays a heavy user
+    /// while it keeps pushing, instead of counting as light again after a short pause.
+    pub fn exhaust(&mut self, now: Instant, limits: &BudgetLimits) {
+        if let Some((_, span)) = limits.costs() {
+            self.full_at_us = self.full_at_us.max(micros(now) + span);
+        }
+    }
+
     /// Whether the client has used at most half its bucket lately: a light user, served even
     /// while its broker connection is congested (within the connection's overdraft).
     pub fn is_light(&self, now: Instant, limits: &BudgetLimits) -> bool {
@@ -94,29 +102,40 @@ impl Gateway {
         let limits = self.settings.limits.budget;
         let allowance = self.settings.upstream_queue_bytes;
         let congested = self.upstreams.get(&conn).is_some_and(|u| u.congested);
+        // What it costs on the wire: the MQTT PUBLISH header, topic length and packet id on
+        // top of topic and payload.
+        let len = len + 7;
         let budget = key.and_then(|k| self.client(k)).map(|c| c.budget);
+        let mut heavy = true;
         let verdict = match budget {
             Some(budget) if !budget.clone().take(now, &limits) => Err(Refusal::OverBudget),
             _ if !congested => Ok(()),
             // While congested, only light users get through, and only until the writes queued
-            // beyond the bound reach the bound again: the queue never holds more than twice
-            // `upstream.max_queued_bytes` because of devices.
-            Some(budget) if budget.is_light(now, &limits) => match self.upstreams.get_mut(&conn) {
-                Some(up) if up.overdraft + len <= allowance => {
-                    up.overdraft += len;
-                    Ok(())
-                }
-                _ => Err(Refusal::Congested),
-            },
-            _ => Err(Refusal::Congested),
-        };
-        match verdict {
-            Ok(()) => {
-                if let Some(client) = key.and_then(|k| self.client_mut(k)) {
-                    client.budget.take(now, &limits);
+            // beyond the bound reach the bound again.
+            Some(budget) if budget.is_light(now, &limits) => {
+                heavy = false;
+                match self.upstreams.get_mut(&conn) {
+                    Some(up) if up.overdraft + len <= allowance => {
+                        up.overdraft += len;
+                        Ok(())
+                    }
+                    _ => Err(Refusal::Congested),
                 }
             }
-            Err(refusal) => self.count_refusal(refusal, qos0),
+            _ => Err(Refusal::Congested),
+        };
+        if let Some(client) = key.and_then(|k| self.client_mut(k)) {
+            match verdict {
+                Ok(()) => {
+                    client.budget.take(now, &limits);
+                }
+                // Refused for pushing: it stays heavy while it keeps pushing.
+                Err(_) if heavy => client.budget.exhaust(now, &limits),
+                Err(_) => {}
+            }
+        }
+        if let Err(refusal) = verdict {
+            self.count_refusal(refusal, qos0);
         }
         verdict
     }
@@ -194,6 +213,24 @@ mod tests {
         b.take(t, &LIMITS);
         assert!(!b.is_light(t, &LIMITS), "200 ms used");
         assert!(b.is_light(ms(1_050), &LIMITS), "150 ms used");
+    }
+
+    #[test]
+    fn a_refused_client_stays_heavy_while_it_pushes() {
+        let mut b = Budget::default();
+        b.exhaust(ms(1_000), &LIMITS);
+        assert!(!b.is_light(ms(1_100), &LIMITS), "used up: heavy");
+        assert!(!b.take(ms(1_000), &LIMITS));
+        assert!(
+            b.is_light(ms(1_150), &LIMITS),
+            "half refilled after a pause"
+        );
+        b.exhaust(ms(1_150), &LIMITS);
+        b.exhaust(ms(1_150), &LIMITS);
+        assert!(
+            b.take(ms(1_250), &LIMITS),
+            "never more than one bucket of debt"
+        );
     }
 
     #[test]

@@ -25,10 +25,7 @@ impl Gateway {
                 self.set_congested(conn, false);
             }
             UpstreamEvent::Data(bytes) => up.session.handle_bytes(now, bytes),
-            UpstreamEvent::Disconnected => {
-                self.set_congested(conn, false);
-                self.session_down(conn);
-            }
+            UpstreamEvent::Disconnected => self.session_down(conn),
             UpstreamEvent::Congested => self.set_congested(conn, true),
             UpstreamEvent::Drained => self.set_congested(conn, false),
         }
@@ -41,6 +38,9 @@ impl Gateway {
         if let Some(up) = self.upstreams.get_mut(&conn) {
             up.session.handle_disconnected();
         }
+        // Whatever was queued is gone with it; the next connection starts uncongested (also
+        // when the engine itself aborts and reopens it).
+        self.set_congested(conn, false);
         if conn == ConnId::GATEWAY && self.broker_up {
             self.broker_up = false;
             self.events.push_back(Event::BrokerDown);

@@ -346,13 +346,24 @@ impl Gateway {
         self.finish_connect(now, key);
     }
 
-    /// Ends a CONNECT whose will is not acceptable: CONNACK "not supported", and the half-made
-    /// session goes (a session it resumed keeps nothing of the refused will).
+    /// Ends a CONNECT whose will is not acceptable: CONNACK "not supported". A clean session
+    /// goes; a kept one (CleanSession=0) stays as it was, disconnected, without the will.
     fn refuse_will(&mut self, key: ClientKey, reason: &'static str) {
-        if let Some(peer) = self.client(key).map(|c| c.peer) {
-            self.reject_connect(peer, ReturnCode::NotSupported, reason);
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        let (peer, kept) = (client.peer, !client.clean_session);
+        if kept {
+            client.will = None;
+            client.state = State::Disconnected;
+            client.supervision_at = None;
         }
-        self.remove_client(key);
+        self.reject_connect(peer, ReturnCode::NotSupported, reason);
+        if kept {
+            self.supervise(key);
+        } else {
+            self.remove_client(key);
+        }
     }
 
     /// Whether `key` may subscribe to `filter`: it holds it already, or holds fewer than
@@ -431,17 +442,19 @@ impl Gateway {
         // The limit is on the names a device registers itself; the ids the gateway assigns
         // for its own REGISTERs (wildcard subscriptions) stay within the registry's range.
         let max = self.settings.max_topics_per_client;
-        let room = self
+        let known = self
             .client(key)
-            .is_some_and(|c| c.registry.id(name).is_some() || c.registry.len() < max);
+            .is_some_and(|c| c.registry.id(name).is_some());
+        let room = known || self.client(key).is_some_and(|c| c.registry.len() < max);
         let (topic_id, rc) = if topic::validate_topic_name(name).is_err() {
             (0, ReturnCode::NotSupported)
         } else if !room {
             // Refused before the name is interned: a full registry stores nothing more.
             (0, ReturnCode::Congestion)
-        } else if self
-            .admit(Some(key), self.conn_of(key), name.len(), false)
-            .is_err()
+        } else if !known
+            && self
+                .admit(Some(key), self.conn_of(key), name.len(), false)
+                .is_err()
         {
             (0, ReturnCode::Congestion)
         } else {
@@ -605,9 +618,16 @@ impl Gateway {
             TopicFilter::Name(name) => name.len(),
             _ => 2,
         };
-        if self
-            .admit(Some(key), self.conn_of(key), size, false)
-            .is_err()
+        // A retransmission of a SUBSCRIBE already on its way is not refused: the broker's
+        // answer to the first one will come.
+        let retransmitted = self
+            .client(key)
+            .and_then(|c| c.extras())
+            .is_some_and(|e| e.pending_subs.iter().any(|p| p.msg_id == s.msg_id));
+        if !retransmitted
+            && self
+                .admit(Some(key), self.conn_of(key), size, false)
+                .is_err()
         {
             return suback(self, 0, ReturnCode::Congestion);
         }
