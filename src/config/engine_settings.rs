@@ -27,6 +27,7 @@ impl Config {
             t_retry: self.timers.t_retry,
             n_retry: self.timers.n_retry,
             t_adv: self.timers.t_adv,
+            gwinfo_interval: self.timers.gwinfo_interval,
             sleep: SleepLimits {
                 max_messages: self.sleep.max_messages,
                 max_bytes: self.sleep.max_bytes,

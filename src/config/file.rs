@@ -135,6 +135,7 @@ struct RawTimers {
     t_retry: Field<toml::Value>,
     n_retry: Field<i64>,
     t_adv: Field<toml::Value>,
+    gwinfo_interval: Field<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -732,6 +733,9 @@ impl RawTimers {
             t_adv: cx
                 .seconds(&self.t_adv, "timers.t_adv", 1..=65535)?
                 .unwrap_or(d.t_adv),
+            gwinfo_interval: cx
+                .duration(&self.gwinfo_interval, "timers.gwinfo_interval")?
+                .map_or(d.gwinfo_interval, |(interval, _)| interval),
         })
     }
 }

@@ -275,6 +275,9 @@ pub struct TimersConfig {
     /// T_ADV: interval between ADVERTISE broadcasts, in whole seconds from 1s to 65535s (it is
     /// sent as a 16-bit number of seconds).
     pub t_adv: Duration,
+    /// Shortest time between two GWINFO answers to SEARCHGW: a flood of SEARCHGW (or a device
+    /// stuck searching) gets one answer per interval, which reaches every device near it.
+    pub gwinfo_interval: Duration,
 }
 
 /// `[sleep]`: messages held for sleeping clients.
@@ -457,6 +460,7 @@ impl Default for TimersConfig {
             t_retry: Duration::from_secs(10),
             n_retry: 3,
             t_adv: Duration::from_secs(15 * 60),
+            gwinfo_interval: Duration::from_secs(1),
         }
     }
 }

@@ -103,6 +103,7 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.string("t_retry", &t.t_retry.to_string());
     out.raw("n_retry", t.n_retry);
     out.string("t_adv", &t.t_adv.to_string());
+    out.string("gwinfo_interval", &t.gwinfo_interval.to_string());
 
     let s = &config.sleep;
     out.table("[sleep]");

@@ -147,6 +147,7 @@ keep_alive_tolerance = 2
 t_retry = "1500ms"
 n_retry = 0
 t_adv = 60
+gwinfo_interval = "250ms"
 
 [sleep]
 max_messages = 1
@@ -249,6 +250,7 @@ fn full_config() -> Config {
             t_retry: Duration::from_millis(1500),
             n_retry: 0,
             t_adv: Duration::from_secs(60),
+            gwinfo_interval: Duration::from_millis(250),
         },
         sleep: SleepConfig {
             max_messages: 1,

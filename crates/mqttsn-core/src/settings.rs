@@ -64,6 +64,8 @@ pub struct Settings {
     pub n_retry: u8,
     /// T_ADV: interval between ADVERTISE broadcasts.
     pub t_adv: Duration,
+    /// Shortest time between two GWINFO answers to SEARCHGW.
+    pub gwinfo_interval: Duration,
     /// Bounds of each sleeping client's buffer.
     pub sleep: SleepLimits,
     /// Most bytes held for all clients together.
@@ -120,6 +122,7 @@ impl fmt::Debug for Settings {
             .field("t_retry", &self.t_retry)
             .field("n_retry", &self.n_retry)
             .field("t_adv", &self.t_adv)
+            .field("gwinfo_interval", &self.gwinfo_interval)
             .field("sleep", &self.sleep)
             .field("sleep_max_total", &self.sleep_max_total)
             .field("client_id_prefix", &self.client_id_prefix)

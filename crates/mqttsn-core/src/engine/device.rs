@@ -47,7 +47,17 @@ impl Gateway {
         match msg {
             Message::Connect(connect) => return self.on_connect(now, peer, connect, len),
             Message::SearchGw { .. } => {
+                let interval = self.settings.gwinfo_interval;
+                let recent = self
+                    .gwinfo_at
+                    .is_some_and(|at| now.saturating_since(at) < interval);
+                if recent {
+                    // The GWINFO of a moment ago reached the devices near it.
+                    self.counters.searchgw_unanswered += 1;
+                    return;
+                }
                 if self.broker_up {
+                    self.gwinfo_at = Some(now);
                     let gwinfo = Message::GwInfo(crate::codec::GwInfo {
                         gw_id: self.settings.gw_id,
                         gw_addr: &[],

@@ -70,6 +70,9 @@ pub struct Counters {
     /// Times a message for a device waited because its address had not yet shown that it
     /// receives (the return-path check: no more bytes out than in until then).
     pub return_path_waits: u64,
+    /// SEARCHGW left unanswered because GWINFO went out less than `timers.gwinfo_interval`
+    /// ago.
+    pub searchgw_unanswered: u64,
 }
 
 /// An upstream connection and the session state behind it.
@@ -123,6 +126,8 @@ pub struct Gateway {
     pub(super) held_bytes: usize,
     /// When refusals were last reported ([`Event::Overload`]).
     pub(super) overload_reported_at: Option<Instant>,
+    /// When SEARCHGW was last answered (`timers.gwinfo_interval`).
+    pub(super) gwinfo_at: Option<Instant>,
 }
 
 impl Gateway {
@@ -155,6 +160,7 @@ impl Gateway {
             now: Instant::ZERO,
             held_bytes: 0,
             overload_reported_at: None,
+            gwinfo_at: None,
         };
         let id = format!(
             "{}gateway-{}",
