@@ -110,6 +110,8 @@ pub async fn start(config: Config) -> Result<Running, DriverError> {
 /// [`start`], recording the traffic as `recording` says.
 pub async fn start_with(config: Config, recording: Recording) -> Result<Running, DriverError> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    // Only the embedded broker changes it.
+    #[cfg_attr(not(feature = "embedded-broker"), allow(unused_mut))]
     let mut config = config;
     #[cfg(feature = "embedded-broker")]
     let mut embedded = None;

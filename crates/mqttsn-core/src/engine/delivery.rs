@@ -121,12 +121,12 @@ impl Gateway {
             let Some(down) = client.pop_down() else {
                 return;
             };
+            let peer = client.peer;
             let msg_id = if down.qos == QoS::Zero {
                 0
             } else {
-                client.next_msg_id()
+                self.client_mut(key).map_or(1, |c| c.next_msg_id())
             };
-            let peer = client.peer;
             self.release(Some(&down));
             let publish = Message::Publish(Publish {
                 dup: false,
@@ -191,9 +191,8 @@ impl Gateway {
         self.send_register(now, key, topic, topic_id);
     }
 
-    /// Sends REGISTER of `topic` as `topic_id` and awaits its REGACK. Not held back by the
-    /// return-path check: it is small, retransmitted at most N_RETRY times, and its REGACK is
-    /// how a device shows it receives.
+    /// Sends REGISTER of `topic` as `topic_id` and awaits its REGACK. To an unproven address
+    /// it is sent only if it fits what the address sent (else the message waits for a PINGREQ).
     fn send_register(
         &mut self,
         now: Instant,
@@ -201,19 +200,24 @@ impl Gateway {
         topic: std::sync::Arc<str>,
         topic_id: u16,
     ) {
-        let Some(client) = self.client_mut(key) else {
+        let Some(peer) = self.client(key).map(|c| c.peer) else {
             return;
         };
-        let msg_id = client.next_msg_id();
-        let peer = client.peer;
-        self.send(
-            peer,
-            Message::Register(Register {
-                topic_id,
-                msg_id,
-                topic_name: &topic,
-            }),
-        );
+        let Some(msg_id) = self.client_mut(key).map(|c| c.next_msg_id()) else {
+            return;
+        };
+        let register = Message::Register(Register {
+            topic_id,
+            msg_id,
+            topic_name: &topic,
+        });
+        let Some(frame) = self.encode_for(peer, register) else {
+            return;
+        };
+        if !self.may_send(key, frame.len()) {
+            return;
+        }
+        self.send_bytes(peer, frame);
         self.start_inflight(now, key, InflightKind::Register { topic, topic_id }, msg_id);
     }
 
@@ -232,16 +236,17 @@ impl Gateway {
         self.schedule(retry_at, Timer::Retry(key, generation));
     }
 
-    /// Sends the in-flight message again (DUP set on PUBLISH) and schedules the next retry.
-    fn retransmit(&mut self, now: Instant, key: ClientKey) {
+    /// Sends the in-flight message again (DUP set on PUBLISH) and schedules the next retry;
+    /// false if it was not sent.
+    fn retransmit(&mut self, now: Instant, key: ClientKey) -> bool {
         let retry_at = now + self.settings.t_retry;
         let Some(client) = self.client_mut(key) else {
-            return;
+            return false;
         };
         let peer = client.peer;
         let generation = client.generation;
         let Some(inflight) = client.inflight.as_mut() else {
-            return;
+            return false;
         };
         inflight.retry_at = retry_at;
         let msg_id = inflight.msg_id;
@@ -270,21 +275,10 @@ impl Gateway {
             InflightKind::Register { topic, topic_id } => Some((topic.clone(), *topic_id)),
             _ => None,
         };
-        self.counters.retransmissions += 1;
-        let unproven = self.client(key).is_some_and(|c| !c.verified)
-            && self.settings.limits.verify_return_path;
         self.schedule(retry_at, Timer::Retry(key, generation));
-        // An unproven address is not sent the same thing again and again: a PUBLISH only
-        // within what it sent, a REGISTER (its probe) not at all. The retries still count, so
-        // an address that never answers is lost after N_RETRY.
-        match (resend, kind) {
-            (Some(frame), _) => {
-                if self.may_send(key, frame.len()) {
-                    self.send_bytes(peer, frame);
-                }
-            }
-            _ if unproven => {}
-            (None, Some((topic, topic_id))) => self.send(
+        let frame = match (resend, kind) {
+            (Some(frame), _) => Some(frame),
+            (None, Some((topic, topic_id))) => self.encode_for(
                 peer,
                 Message::Register(Register {
                     topic_id,
@@ -292,7 +286,18 @@ impl Gateway {
                     topic_name: &topic,
                 }),
             ),
-            (None, None) => self.send(peer, Message::PubRel { msg_id }),
+            (None, None) => self.encode_for(peer, Message::PubRel { msg_id }),
+        };
+        // To an unproven address only within what it sent; a retransmission that does not fit
+        // is skipped and does not count, so a device that lost one datagram is not given up on
+        // for being unproven (its keep-alive still supervises it).
+        match frame {
+            Some(frame) if self.may_send(key, frame.len()) => {
+                self.counters.retransmissions += 1;
+                self.send_bytes(peer, frame);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -313,13 +318,18 @@ impl Gateway {
         if inflight.retries >= n_retry {
             return self.lose_client(key, "no acknowledgement after N_retry retransmissions");
         }
-        inflight.retries += 1;
-        self.retransmit(now, key);
+        if self.retransmit(now, key) {
+            if let Some(inflight) = self.client_mut(key).and_then(|c| c.inflight.as_mut()) {
+                inflight.retries += 1;
+            }
+        }
     }
 
-    /// After a wake-up or reconnect, the message that was in flight goes out again first.
+    /// After a wake-up or reconnect, the message that was in flight goes out again first, with
+    /// its retransmissions counted afresh.
     pub(super) fn resume_inflight(&mut self, now: Instant, key: ClientKey) {
-        if self.client(key).is_some_and(|c| c.inflight.is_some()) {
+        if let Some(inflight) = self.client_mut(key).and_then(|c| c.inflight.as_mut()) {
+            inflight.retries = 0;
             self.retransmit(now, key);
         }
     }

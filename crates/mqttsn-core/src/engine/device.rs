@@ -34,6 +34,9 @@ pub(super) fn untoken(token: u64) -> (ClientKey, u16, u16) {
 /// The token of requests the gateway makes on its own behalf (restoring subscriptions, wills).
 pub(super) const INTERNAL: u64 = u64::MAX;
 
+/// Address slots of the SEARCHGW rate limit (`timers.gwinfo_interval`).
+const GWINFO_SLOTS: usize = 256;
+
 impl Gateway {
     /// A decoded frame of `len` bytes from `peer`.
     pub(super) fn on_message(
@@ -47,27 +50,34 @@ impl Gateway {
         match msg {
             Message::Connect(connect) => return self.on_connect(now, peer, connect, len),
             Message::SearchGw { .. } => {
+                if !self.broker_up {
+                    return;
+                }
+                // One answer per interval for each of a fixed number of address slots: a flood
+                // from one address (or a few) gets one GWINFO a second, while devices elsewhere
+                // (other slots: other listeners, ports, forwarders) are still answered, and the
+                // table never grows.
+                use std::hash::BuildHasher;
+                let slot = (self.settings.hash_seed.hash_one(peer) as usize) % GWINFO_SLOTS;
                 let interval = self.settings.gwinfo_interval;
-                let recent = self
+                let slots = self
                     .gwinfo_at
-                    .is_some_and(|at| now.saturating_since(at) < interval);
-                if recent {
+                    .get_or_insert_with(|| vec![None; GWINFO_SLOTS].into_boxed_slice());
+                if slots[slot].is_some_and(|at| now.saturating_since(at) < interval) {
                     // The GWINFO of a moment ago reached the devices near it.
                     self.counters.searchgw_unanswered += 1;
                     return;
                 }
-                if self.broker_up {
-                    self.gwinfo_at = Some(now);
-                    let gwinfo = Message::GwInfo(crate::codec::GwInfo {
-                        gw_id: self.settings.gw_id,
-                        gw_addr: &[],
-                    });
-                    if peer.node.is_some() {
-                        // Behind a forwarder: only an encapsulated reply reaches the node.
-                        self.send(peer, gwinfo);
-                    } else {
-                        self.broadcast(Some(peer), gwinfo);
-                    }
+                slots[slot] = Some(now);
+                let gwinfo = Message::GwInfo(crate::codec::GwInfo {
+                    gw_id: self.settings.gw_id,
+                    gw_addr: &[],
+                });
+                if peer.node.is_some() {
+                    // Behind a forwarder: only an encapsulated reply reaches the node.
+                    self.send(peer, gwinfo);
+                } else {
+                    self.broadcast(Some(peer), gwinfo);
                 }
                 return;
             }
@@ -157,6 +167,9 @@ impl Gateway {
     /// a PINGREQ naming a ClientId that cannot exist gets DISCONNECT, as an unknown client
     /// would, unless a session is at its address (then it is only dropped).
     pub(super) fn on_undecodable(&mut self, peer: PeerAddr, bytes: &[u8], error: DecodeError) {
+        if let Some(&key) = self.by_peer.get(&peer) {
+            self.credit_in(key, bytes.len());
+        }
         let DecodeError::InvalidUtf8 { msg_type, .. } = error else {
             return self.drop_frame(peer, error.to_string());
         };
@@ -267,6 +280,9 @@ impl Gateway {
                 self.insert_client(Arc::from(c.client_id), peer, now)
             }
         };
+        // A session reconnecting from the address that proved itself keeps the proof (the
+        // address is what the check is about); from a new address it starts unproven
+        // (`move_client`).
         self.credit_in(key, len);
         let (wiped, released) = {
             let Some(client) = self.client_mut(key) else {
@@ -772,13 +788,18 @@ impl Gateway {
             return;
         };
         client.last_seen = now;
+        // A PINGREQ proves its own address only; one naming the ClientId from elsewhere moves
+        // the session there, and the new address has to prove itself.
+        let same_address = client.peer == peer;
         match client.state {
             State::Asleep | State::Awake => {
                 client.state = State::Awake;
                 let client_id = client.client_id.clone();
                 self.move_client(key, peer);
-                if let Some(client) = self.client_mut(key) {
-                    client.verified = true;
+                if same_address {
+                    if let Some(client) = self.client_mut(key) {
+                        client.verified = true;
+                    }
                 }
                 self.events.push_back(Event::ClientAwake { client_id });
                 self.resume_inflight(now, key);
@@ -787,7 +808,9 @@ impl Gateway {
             s if s.is_connected() => {
                 self.move_client(key, peer);
                 self.send(peer, Message::PingResp);
-                self.verify_return_path(now, key);
+                if same_address {
+                    self.verify_return_path(now, key);
+                }
             }
             _ => {
                 self.drop_frame(peer, "PINGREQ from a client that is not connected".into());

@@ -126,8 +126,9 @@ pub struct Gateway {
     pub(super) held_bytes: usize,
     /// When refusals were last reported ([`Event::Overload`]).
     pub(super) overload_reported_at: Option<Instant>,
-    /// When SEARCHGW was last answered (`timers.gwinfo_interval`).
-    pub(super) gwinfo_at: Option<Instant>,
+    /// When SEARCHGW was last answered, per address slot (`timers.gwinfo_interval`);
+    /// allocated at the first SEARCHGW.
+    pub(super) gwinfo_at: Option<Box<[Option<Instant>]>>,
 }
 
 impl Gateway {

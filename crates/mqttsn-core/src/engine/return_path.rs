@@ -3,9 +3,11 @@
 //! source address then cannot turn the gateway into a flood aimed at that address; messages
 //! for such a device wait in its (bounded) queue until it proves itself.
 //!
-//! Proof is a PINGREQ, or an acknowledgement of something the gateway sent (PUBACK, PUBREC,
-//! PUBCOMP or REGACK matching the message in flight). Moving to another address needs the
-//! proof again. A forger who also sends PINGREQ passes; only DTLS closes that.
+//! Proof is a PINGREQ from the session's own address, or an acknowledgement of something the
+//! gateway sent (PUBACK, PUBREC, PUBCOMP or REGACK matching the message in flight). A session
+//! that moves to another address needs the proof again. This stops the passive, blind
+//! reflection (a forged CONNECT and SUBSCRIBE, then silence). A forger who keeps sending, a
+//! PINGREQ or a guessed acknowledgement, passes: proving identity is DTLS's job, not this one.
 
 use super::gateway::Gateway;
 use super::ClientKey;
@@ -21,9 +23,8 @@ impl Gateway {
         }
     }
 
-    /// Whether `len` more bytes may go to `key` now; if so they are charged. Answers to the
-    /// device's own requests are charged without asking ([`Gateway::charge_reply`]); this is
-    /// for what the gateway sends on its own: broker messages and its REGISTERs.
+    /// Whether `len` more bytes the gateway sends on its own (broker messages, its REGISTERs,
+    /// retransmissions) may go to `key` now; if so they are charged. What does not fit waits.
     pub(super) fn may_send(&mut self, key: ClientKey, len: usize) -> bool {
         let enabled = self.settings.limits.verify_return_path;
         let Some(client) = self.client_mut(key) else {
@@ -41,7 +42,10 @@ impl Gateway {
         true
     }
 
-    /// Charges an answer of `len` bytes to `key`'s credit (it is sent regardless).
+    /// Charges an answer of `len` bytes to `key`'s credit. Answers are sent regardless: each
+    /// answers a request, and none is more than a third larger than the smallest request it
+    /// answers (SUBACK 8 bytes for a SUBSCRIBE of 6), so a forger gains nothing it does not
+    /// keep paying for, while a device that has not yet pinged still hears its SUBACKs.
     pub(super) fn charge_reply(&mut self, key: ClientKey, len: usize) {
         if let Some(client) = self.client_mut(key) {
             if !client.verified {

@@ -76,6 +76,7 @@
 pub mod harness;
 mod parse;
 pub mod replay;
+pub mod samples;
 mod write;
 
 use std::fmt;
