@@ -279,3 +279,162 @@ async fn an_unproven_address_gets_no_more_bytes_than_it_sent() {
     assert!(counters.return_path_waits > 0, "{counters:?}");
     gw.stop().await;
 }
+
+/// 50,000 CONNECTs with keep-alive 0 (asking for no supervision at all), as a flood from one
+/// address: they fill the session table, and a device that comes meanwhile is refused with
+/// "congestion". The flood cannot hold the table for good: once `sessions.max_idle` has passed
+/// without a frame from them, a legitimate device connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_0_connect_flood_ends_within_the_idle_limit() {
+    use crate::support::device::{connect, Device};
+    use crate::support::mosquitto::Mosquitto;
+    use mqttsn_gateway::codec::{Connect, Message, ReturnCode};
+
+    let broker = Mosquitto::start();
+    let gw = driver::start(
+        broker.gateway_config("[gateway]\nmax_clients = 200\n[sessions]\nmax_idle = \"2s\"\n"),
+    )
+    .await
+    .unwrap();
+    let addr = gw.udp_addrs()[0];
+    // The broker connection is up once a device gets in; it leaves again at once.
+    let probe = Device::new(addr).await;
+    connect(&probe, "probe", 60, false).await;
+    probe.send(Message::Disconnect { duration: None }).await;
+    probe.recv().await;
+
+    // 500 addresses (a session per address: a new CONNECT from the same address supersedes
+    // the one before), 100 CONNECTs each.
+    let mut flooders = Vec::new();
+    for _ in 0..500 {
+        flooders.push(Device::new(addr).await);
+    }
+    for round in 0..100u32 {
+        for (n, flooder) in flooders.iter().enumerate() {
+            let id = format!("flood-{n}-{round}");
+            flooder
+                .send(Message::Connect(Connect {
+                    will: false,
+                    clean_session: true,
+                    duration: 0,
+                    client_id: &id,
+                }))
+                .await;
+        }
+        tokio::task::yield_now().await;
+    }
+    let flood_end = Instant::now();
+    let legit = Device::new(addr).await;
+    let hello = Message::Connect(Connect {
+        will: false,
+        clean_session: true,
+        duration: 60,
+        client_id: "legit",
+    })
+    .to_vec()
+    .unwrap();
+    // Retry as a device would (every 200 ms; a datagram may be lost while the flood is read)
+    // until accepted: that must happen within the idle limit (2 s after the flood's last
+    // frame, plus the time the flood takes to be read), and only after being refused.
+    let mut refused = 0;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        assert!(
+            flood_end.elapsed() < Duration::from_secs(8),
+            "not accepted {:?} after the flood ({refused} refusals)",
+            flood_end.elapsed()
+        );
+        legit.socket.send_to(&hello, addr).await.unwrap();
+        let reply = timeout(Duration::from_millis(200), legit.socket.recv_from(&mut buf)).await;
+        let Ok(Ok((n, _))) = reply else { continue };
+        match Message::decode(&buf[..n]) {
+            Ok(Message::ConnAck {
+                return_code: ReturnCode::Accepted,
+            }) => break,
+            Ok(Message::ConnAck {
+                return_code: ReturnCode::Congestion,
+            }) => refused += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refused > 0, "the flood never filled the table");
+    let waited = flood_end.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "accepted after {waited:?}: no flood?"
+    );
+    let counters = gw.counters().await.unwrap();
+    assert!(counters.connects_rejected > 0, "{counters:?}");
+    gw.stop().await;
+}
+
+/// A retained message over 256 KiB on the broker, larger than any MQTT-SN frame: a device that
+/// subscribes to `#` in aggregating mode used to make the gateway drop and reopen its shared
+/// connection thousands of times (the broker resends the message on every resubscribe). Now
+/// the message is skipped and counted, the connection stays, and the device gets the retained
+/// message that fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_retained_message_is_skipped_without_a_reconnect() {
+    use crate::support::device::{connect, Device};
+    use crate::support::mosquitto::Mosquitto;
+    use crate::support::mqtt::Client;
+    use mqttsn_gateway::codec::{Message, QoS, RegAck, ReturnCode, TopicFilter};
+
+    let broker = Mosquitto::start();
+    let mut publisher = Client::connect(broker.port(), "publisher").await;
+    let huge = vec![0x48u8; 300 * 1024];
+    publisher
+        .publish("big/x", rumqttc::QoS::AtLeastOnce, true, &huge)
+        .await;
+    publisher
+        .publish("small/y", rumqttc::QoS::AtLeastOnce, true, b"fits")
+        .await;
+    let gw = driver::start(broker.gateway_config("")).await.unwrap();
+    let device = Device::new(gw.udp_addrs()[0]).await;
+    connect(&device, "watcher-device-1", 60, false).await;
+    device.subscribe(TopicFilter::Name("#"), QoS::Zero, 1).await;
+    // The small retained message comes, announced by the gateway's REGISTER.
+    let register = device
+        .recv_until(|m| matches!(m, Message::Register(_)))
+        .await;
+    let Ok(Message::Register(r)) = Message::decode(&register) else {
+        unreachable!()
+    };
+    assert_eq!(r.topic_name, "small/y");
+    device
+        .send(Message::RegAck(RegAck {
+            topic_id: r.topic_id,
+            msg_id: r.msg_id,
+            return_code: ReturnCode::Accepted,
+        }))
+        .await;
+    let publish = device
+        .recv_until(|m| matches!(m, Message::Publish(_)))
+        .await;
+    let Ok(Message::Publish(p)) = Message::decode(&publish) else {
+        unreachable!()
+    };
+    assert_eq!(p.data, b"fits");
+    let counters = gw.counters().await.unwrap();
+    assert_eq!(counters.too_large_dropped, 1, "{counters:?}");
+    // The gateway is still on its first connection, and serves devices through it.
+    let sender = Device::new(gw.udp_addrs()[0]).await;
+    connect(&sender, "sender", 60, false).await;
+    let id = sender.register("small/z", 1).await;
+    sender.publish(id, QoS::One, 9, b"after").await;
+    let ack = sender.recv_until(|m| matches!(m, Message::PubAck(_))).await;
+    assert!(matches!(
+        Message::decode(&ack),
+        Ok(Message::PubAck(mqttsn_gateway::codec::PubAck {
+            return_code: ReturnCode::Accepted,
+            ..
+        }))
+    ));
+    assert_eq!(
+        broker.connects("gateway-1"),
+        1,
+        "the shared connection flapped"
+    );
+    gw.stop().await;
+}

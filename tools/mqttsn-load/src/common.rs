@@ -2,6 +2,7 @@
 //! CPU and memory of other processes, and argument helpers.
 
 use crate::stats::{fmt_ns, Histogram, Live, Rng};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -344,7 +345,13 @@ pub struct Totals<'a> {
 
 /// The end of a publishing mode's report: latencies, the watched processes, and the one-line
 /// `summary:` that scripts parse, starting with `head` (mode and parameters).
-pub fn print_tail(head: &str, t: &Totals<'_>, watched: &str) {
+pub fn print_tail(head: &str, t: &Totals<'_>, watched: &str, json: Option<&Path>) {
+    if let Some(path) = json {
+        match std::fs::write(path, results_json(head, t)) {
+            Ok(()) => println!("  results written to {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
     println!("  latency end-to-end  {}", t.e2e.summary());
     if t.qos1 {
         println!("  PUBLISH->PUBACK     {}", t.rtt.summary());
@@ -431,4 +438,47 @@ impl UdpDrops {
             devices: self.devices.saturating_sub(before.devices),
         }
     }
+}
+
+/// The results as JSON for scripts (`--json`): the rates and counts of the `summary:` line, and
+/// each latency as a distribution (nanoseconds at quantiles 0, 0.01, ..., 0.99, 0.995, 0.999
+/// and the maximum) for plotting CDFs.
+pub fn results_json(head: &str, t: &Totals<'_>) -> String {
+    let quantiles = |h: &Histogram| {
+        let mut qs: Vec<f64> = (0..100).map(|i| f64::from(i) / 100.0).collect();
+        qs.extend([0.995, 0.999]);
+        let mut points: Vec<String> = qs
+            .iter()
+            .map(|&q| format!("[{q}, {}]", h.quantile(q)))
+            .collect();
+        points.push(format!("[1.0, {}]", h.max()));
+        format!("[{}]", points.join(", "))
+    };
+    let rate = |n: u64, d: Duration| {
+        let s = d.as_secs_f64();
+        if s > 0.0 {
+            n as f64 / s
+        } else {
+            0.0
+        }
+    };
+    format!(
+        "{{\"run\": \"{}\", \"qos1\": {}, \"sent\": {}, \"sent_per_s\": {:.1}, \
+         \"received\": {}, \"received_per_s\": {:.1}, \"lost\": {}, \"acked\": {}, \
+         \"acked_missing\": {}, \"e2e_count\": {}, \"e2e_ns\": {}, \"rtt_count\": {}, \
+         \"rtt_ns\": {}}}\n",
+        head.replace('"', "'"),
+        t.qos1,
+        t.sent,
+        rate(t.sent, t.send_time),
+        t.unique,
+        rate(t.unique, t.recv_time),
+        t.lost,
+        t.acked,
+        t.acked_missing,
+        t.e2e.count(),
+        quantiles(t.e2e),
+        t.rtt.count(),
+        quantiles(t.rtt),
+    )
 }

@@ -32,6 +32,8 @@ pub struct Params {
     pub inflight: u16,
     pub drain: Duration,
     pub quiet: bool,
+    /// Also write the results as JSON here (`--json`).
+    pub json: Option<std::path::PathBuf>,
     pub watched: Watched,
 }
 
@@ -268,6 +270,7 @@ pub async fn run(p: Params) -> Result<(), String> {
         ),
         &totals,
         &p.watched.describe(&before, &after),
+        p.json.as_deref(),
     );
     Ok(())
 }

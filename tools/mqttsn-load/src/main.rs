@@ -35,6 +35,10 @@ struct Cli {
     /// No per-second progress lines on stderr.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// publish, direct: also write the results as JSON to this file (rates, counts, and the
+    /// latency distributions for CDF plots).
+    #[arg(long, global = true)]
+    json: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -296,6 +300,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                 max_retries: a.max_retries,
                 drain: Duration::from_secs_f64(a.drain),
                 quiet,
+                json: cli.json.clone(),
                 watched: Watched::new(a.observe.gateway_pid, a.observe.broker_pid),
             };
             println!(
@@ -317,6 +322,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                 inflight: a.inflight,
                 drain: Duration::from_secs_f64(a.drain),
                 quiet,
+                json: cli.json.clone(),
                 watched: Watched::new(a.observe.gateway_pid, a.observe.broker_pid),
             };
             println!(

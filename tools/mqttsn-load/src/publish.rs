@@ -37,6 +37,8 @@ pub struct Params {
     pub max_retries: u32,
     pub drain: Duration,
     pub quiet: bool,
+    /// Also write the results as JSON here (`--json`).
+    pub json: Option<std::path::PathBuf>,
     pub watched: Watched,
 }
 
@@ -235,6 +237,7 @@ pub async fn run(p: Params) -> Result<(), String> {
         ),
         &totals,
         &p.watched.describe(&before, &after),
+        p.json.as_deref(),
     );
     let unanswered = sn::disconnect_all(devices, p.setup_concurrency).await;
     if unanswered > 0 {
