@@ -4,14 +4,17 @@
 #   saturation  QoS 0 offered at 0.5x to 3x the broker's own direct rate: delivered, loss, latency
 #   fairness    100 devices at QoS 1 (10 msg/s each, lock-step) alone, then beside one device
 #               flooding QoS 0 as fast as it can
+#   qos0        100 devices at 90% of the broker's direct rate (the no-loss target)
 #   lockstep    one device's QoS 1 round trip through the gateway, and directly to the broker
+#               (the gateway with limits.publish_rate = 0: a lock-step device exceeds the default
+#               per-device budget of 2000 msg/s, and this measures the path, not the budget)
 # Writes one JSON file per run into $OUT (default bench-out/), then draws the plots with plot.py.
 # Usage: tools/mqttsn-load/bench/overload.sh [OUT]   (after cargo build --release -p mqttsn-gateway -p mqttsn-load)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${1:-bench-out}
 mkdir -p "$OUT"
-GW=target/release/mqttsn-gateway
+GW=${GW:-target/release/mqttsn-gateway}
 LOAD=target/release/mqttsn-load
 BROKER_PORT=18830
 GW_PORT=18840
@@ -37,7 +40,7 @@ start_broker() {
 }
 start_gateway() {
   RUST_LOG="warn,mqttsn_gateway::transport::upstream=info" \
-    "$GW" run --udp 127.0.0.1:$GW_PORT --broker mqtt://127.0.0.1:$BROKER_PORT --mode aggregating \
+    "$GW" run ${GW_CONFIG:+--config "$GW_CONFIG"} --udp 127.0.0.1:$GW_PORT --broker mqtt://127.0.0.1:$BROKER_PORT --mode aggregating \
     >> "$OUT/gateway.log" 2>&1 & GW_PID=$!
   for _ in $(seq 100); do grep -q "broker connected" "$OUT/gateway.log" 2>/dev/null && return; sleep 0.05; done
   echo "the gateway did not connect" >&2; exit 1
@@ -83,7 +86,16 @@ wait $FLOOD
 grep summary "$OUT/fair-flood.txt"
 echo "   broker connections during the run: $(connections)"
 
-echo "== lock-step QoS 1 round trip, 3 runs each"
+echo "== QoS 0, 100 devices, at 90% of the broker's direct rate"
+restart_gateway
+OBS="--gateway-pid $GW_PID --broker-pid $MOSQ_PID"
+$LOAD -q --json "$OUT/qos0-90.json" publish --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
+  --devices 100 --qos 0 --rate "$(python3 -c "print(int($RATE*0.9))")" --duration 8 $OBS | grep summary
+
+echo "== lock-step QoS 1 round trip, 3 runs each (no per-device budget)"
+printf '[limits]\npublish_rate = 0\n' > "$OUT/unlimited.toml"
+GW_CONFIG="$OUT/unlimited.toml" restart_gateway
+OBS="--gateway-pid $GW_PID --broker-pid $MOSQ_PID"
 for i in 1 2 3; do
   $LOAD -q --json "$OUT/lockstep-gw-$i.json" publish --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
     --devices 1 --qos 1 --window 1 --duration 4 $OBS | grep summary

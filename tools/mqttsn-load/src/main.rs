@@ -15,6 +15,7 @@ mod downstream;
 mod payload;
 mod publish;
 mod sn;
+mod soak;
 mod stats;
 mod storm;
 mod subscriber;
@@ -53,6 +54,43 @@ enum Command {
     ConnectStorm(StormArgs),
     /// MQTT-SN devices subscribe through the gateway; an MQTT publisher sends to them.
     Downstream(DownstreamArgs),
+    /// Many devices for a long time: QoS 0 and 1 messages, sleep cycles, the gateway's VmRSS.
+    Soak(SoakArgs),
+}
+
+#[derive(Args, Clone)]
+struct SoakArgs {
+    /// The gateway's UDP address.
+    #[arg(long)]
+    gateway: SocketAddr,
+    /// The broker, HOST:PORT, for the subscriber.
+    #[arg(long)]
+    broker: String,
+    /// Simulated devices, each with its own UDP socket.
+    #[arg(long, default_value_t = 10_000)]
+    devices: u32,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 1800.0)]
+    duration: f64,
+    /// Seconds between two messages of one device (±20 %).
+    #[arg(long, default_value_t = 10.0)]
+    period: f64,
+    /// Seconds a sleeping device (every third) sleeps per cycle.
+    #[arg(long, default_value_t = 20.0)]
+    sleep: f64,
+    /// Payload bytes per message (at least 16).
+    #[arg(long, default_value_t = 32)]
+    payload: usize,
+    /// Seconds between two samples of the gateway's VmRSS.
+    #[arg(long, default_value_t = 60.0)]
+    sample: f64,
+    /// Seconds before the RSS samples count (the sessions are being built up).
+    #[arg(long, default_value_t = 300.0)]
+    warm_up: f64,
+    #[command(flatten)]
+    device: DeviceOpts,
+    #[command(flatten)]
+    observe: Observe,
 }
 
 #[derive(Args, Clone)]
@@ -331,6 +369,30 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                 p.inflight, cli.threads
             );
             direct::run(p).await
+        }
+        Command::Soak(a) => {
+            check_payload(a.payload)?;
+            let p = soak::Params {
+                gateway: a.gateway,
+                broker: parse_broker(&a.broker)?,
+                devices: a.devices.max(1),
+                duration: Duration::from_secs_f64(a.duration),
+                period: Duration::from_secs_f64(a.period),
+                sleep: Duration::from_secs_f64(a.sleep),
+                payload: a.payload,
+                timing: a.device.timing(3000),
+                setup_concurrency: a.device.setup_concurrency,
+                gateway_pid: a.observe.gateway_pid,
+                sample: Duration::from_secs_f64(a.sample.max(1.0)),
+                warm_up: Duration::from_secs_f64(a.warm_up),
+                quiet,
+            };
+            println!(
+                "parameters: soak gateway={} broker={}:{} devices={} duration={}s period={}s sleep={}s payload={} sample={}s warm_up={}s",
+                p.gateway, p.broker.0, p.broker.1, p.devices, a.duration, a.period, a.sleep,
+                p.payload, a.sample, a.warm_up
+            );
+            soak::run(p).await
         }
         Command::ConnectStorm(a) => {
             let p = storm::Params {
