@@ -138,7 +138,12 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     let settings = UpstreamSettings::from_config(&config.upstream)?;
     let (trigger, shutdown) = shutdown::channel();
     let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_QUEUE);
-    let udp = UdpTransport::bind(&config.udp, datagram_tx, &shutdown)?;
+    let udp = UdpTransport::bind(
+        &config.udp,
+        datagram_tx,
+        config.limits.max_queued_frame_bytes,
+        &shutdown,
+    )?;
     let addrs = udp.local_addrs();
     for addr in &addrs {
         tracing::info!(%addr, "listening for MQTT-SN over UDP");
@@ -419,7 +424,11 @@ async fn shut_down(
     for (port, stats) in serial.stats() {
         tracing::info!(%port, ?stats, "serial port totals");
     }
-    tracing::info!(send_errors = udp.send_errors(), "udp totals");
+    tracing::info!(
+        send_errors = udp.send_errors(),
+        queue_waits = udp.queue_waits(),
+        "udp totals"
+    );
     // Its readers are gone, so the transport holds the last handles on the sockets: the ports
     // are free from here on.
     drop(udp);

@@ -15,10 +15,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// Largest datagram accepted (the MQTT-SN 3-octet length allows 65535 bytes).
@@ -52,6 +53,18 @@ pub struct Datagram {
     pub from: SocketAddr,
     /// The frame.
     pub bytes: Bytes,
+    /// Its share of the bytes that may wait for the driver; given back when it is dropped.
+    _queued: OwnedSemaphorePermit,
+}
+
+/// How many bytes of datagrams may wait for the driver, over all listeners, and how often a
+/// reader found that full.
+#[derive(Debug, Clone)]
+struct QueueBudget {
+    bytes: Arc<Semaphore>,
+    /// What one receive reserves: the largest datagram, or the whole budget if smaller.
+    per_read: u32,
+    waits: Arc<AtomicU64>,
 }
 
 struct Listener {
@@ -69,6 +82,9 @@ pub struct UdpTransport {
     track_peers: bool,
     /// Send failures (counted, not fatal).
     send_errors: u64,
+    /// Times a reader found the bytes waiting for the driver at `limits.max_queued_frame_bytes`
+    /// (datagrams then wait in the kernel's buffer, which drops what does not fit).
+    queue_waits: Arc<AtomicU64>,
     /// One reader task per listener.
     readers: JoinSet<()>,
 }
@@ -139,8 +155,16 @@ impl UdpTransport {
     pub fn bind(
         configs: &[UdpConfig],
         datagrams: mpsc::Sender<Datagram>,
+        queue_bytes: usize,
         shutdown: &Shutdown,
     ) -> Result<Self, UdpError> {
+        let capacity =
+            u32::try_from(queue_bytes.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        let budget = QueueBudget {
+            bytes: Arc::new(Semaphore::new(capacity as usize)),
+            per_read: capacity.min(MAX_DATAGRAM as u32),
+            waits: Arc::default(),
+        };
         let mut listeners = Vec::with_capacity(configs.len());
         for config in configs {
             let std_socket = open(config)?;
@@ -163,6 +187,7 @@ impl UdpTransport {
                 index,
                 listener.socket.clone(),
                 datagrams.clone(),
+                budget.clone(),
                 shutdown.clone(),
             ));
         }
@@ -171,6 +196,7 @@ impl UdpTransport {
             last_listener: HashMap::new(),
             track_peers,
             send_errors: 0,
+            queue_waits: budget.waits,
             readers,
         })
     }
@@ -189,6 +215,11 @@ impl UdpTransport {
     /// system refused them: no route, buffer full, ...) since the start.
     pub fn send_errors(&self) -> u64 {
         self.send_errors
+    }
+
+    /// Times the readers waited because received datagrams held `limits.max_queued_frame_bytes`.
+    pub fn queue_waits(&self) -> u64 {
+        self.queue_waits.load(Ordering::Relaxed)
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -266,23 +297,39 @@ async fn read_loop(
     listener: usize,
     socket: Arc<UdpSocket>,
     out: mpsc::Sender<Datagram>,
+    budget: QueueBudget,
     mut shutdown: Shutdown,
 ) {
     // One shutdown future for the reader's whole life, not one per datagram. Cancelling
     // `forward` is safe at each of its awaits: see there.
     tokio::select! {
         () = shutdown.recv() => {}
-        () = forward(listener, &socket, &out) => {}
+        () = forward(listener, &socket, &out, &budget) => {}
     }
 }
 
 /// Moves datagrams from `socket` to the driver until the driver is gone.
-async fn forward(listener: usize, socket: &UdpSocket, out: &mpsc::Sender<Datagram>) {
+async fn forward(
+    listener: usize,
+    socket: &UdpSocket,
+    out: &mpsc::Sender<Datagram>,
+    budget: &QueueBudget,
+) {
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
-        // A place in the driver's queue first, then the datagram: a full queue leaves the
-        // datagrams in the kernel's buffer, and since both waits are cancel safe and nothing
-        // is awaited between receiving a datagram and queueing it, a shutdown never loses one.
+        // Room for the largest datagram in the byte budget and a place in the driver's queue
+        // first, then the datagram: a full queue leaves the datagrams in the kernel's buffer,
+        // and since these waits are cancel safe and nothing is awaited between receiving a
+        // datagram and queueing it, a shutdown never loses one.
+        if budget.bytes.available_permits() < budget.per_read as usize {
+            budget.waits.fetch_add(1, Ordering::Relaxed);
+        }
+        let Ok(mut room) = Arc::clone(&budget.bytes)
+            .acquire_many_owned(budget.per_read)
+            .await
+        else {
+            return;
+        };
         let Ok(permit) = out.reserve().await else {
             return; // the driver is gone
         };
@@ -294,10 +341,16 @@ async fn forward(listener: usize, socket: &UdpSocket, out: &mpsc::Sender<Datagra
             match socket.recv_buf_from(&mut buf).await {
                 Ok((len, from)) => {
                     let bytes = buf.split_to(len).freeze();
+                    // The datagram keeps what it uses; the rest of the room goes back.
+                    let take = u32::try_from(len)
+                        .unwrap_or(u32::MAX)
+                        .clamp(1, budget.per_read);
+                    let queued = room.split(take as usize).unwrap_or(room);
                     permit.send(Datagram {
                         listener,
                         from,
                         bytes,
+                        _queued: queued,
                     });
                     break;
                 }
@@ -331,7 +384,7 @@ mod tests {
     async fn a_send_with_no_listener_for_the_address_family_is_counted() {
         let (datagrams, _rx) = mpsc::channel(1);
         let (_trigger, shutdown) = shutdown::channel();
-        let mut udp = UdpTransport::bind(&[loopback()], datagrams, &shutdown).unwrap();
+        let mut udp = UdpTransport::bind(&[loopback()], datagrams, 1 << 20, &shutdown).unwrap();
         udp.send_to("[::1]:1884".parse().unwrap(), &[0x02, 0x16])
             .await;
         assert_eq!(udp.send_errors(), 1);
@@ -341,7 +394,7 @@ mod tests {
     async fn shutdown_ends_an_idle_reader_and_frees_the_port() {
         let (datagrams, _rx) = mpsc::channel(1);
         let (trigger, shutdown) = shutdown::channel();
-        let mut udp = UdpTransport::bind(&[loopback()], datagrams, &shutdown).unwrap();
+        let mut udp = UdpTransport::bind(&[loopback()], datagrams, 1 << 20, &shutdown).unwrap();
         let addr = udp.local_addrs()[0];
         // Let the reader start waiting for a datagram that never comes.
         tokio::task::yield_now().await;
@@ -362,14 +415,56 @@ mod tests {
             listener: 0,
             from,
             bytes: Bytes::from_static(&[0x02, 0x16]),
+            _queued: Arc::new(Semaphore::new(2))
+                .try_acquire_many_owned(2)
+                .unwrap(),
         };
         datagrams.try_send(queued).unwrap();
         let (trigger, shutdown) = shutdown::channel();
-        let mut udp = UdpTransport::bind(&[loopback()], datagrams, &shutdown).unwrap();
+        let mut udp = UdpTransport::bind(&[loopback()], datagrams, 1 << 20, &shutdown).unwrap();
         tokio::task::yield_now().await;
         trigger.fire();
         tokio::time::timeout(PATIENCE, udp.shutdown())
             .await
             .expect("the reader ends on the signal");
+    }
+
+    /// The bytes waiting for the driver are bounded: with room for one largest datagram, a
+    /// second waits (in the kernel) until the first is handled, and the wait is counted.
+    #[tokio::test]
+    async fn received_bytes_waiting_for_the_driver_are_bounded() {
+        let (datagrams, mut rx) = mpsc::channel(16);
+        let (trigger, shutdown) = shutdown::channel();
+        let mut udp =
+            UdpTransport::bind(&[loopback()], datagrams, MAX_DATAGRAM, &shutdown).unwrap();
+        let addr = udp.local_addrs()[0];
+        let device = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        device.send_to(&[0x02, 0x16], addr).unwrap();
+        device.send_to(&[0x02, 0x17], addr).unwrap();
+        let first = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&first.bytes[..], [0x02, 0x16]);
+        // The reader finds no room for another datagram while the first is held.
+        tokio::time::timeout(PATIENCE, async {
+            while udp.queue_waits() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the reader waits for room");
+        assert!(
+            rx.try_recv().is_err(),
+            "a second datagram got past the bound"
+        );
+        drop(first);
+        let second = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&second.bytes[..], [0x02, 0x17]);
+        trigger.fire();
+        udp.shutdown().await;
     }
 }

@@ -17,7 +17,7 @@ import sys
 
 W, H = 720, 440
 LEFT, RIGHT, TOP, BOTTOM = 80, 200, 40, 60
-COLOURS = ["#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#30343f"]
+COLOURS = ["#1b6ca8", "#d1495b", "#edae49", "#2a9d3f", "#8d6a9f", "#7f5539", "#30343f", "#e76f51"]
 
 
 def load(path):
@@ -109,13 +109,14 @@ def saturation(out):
 
 
 def cdf(out):
-    curves = []
-    for path in sorted(glob.glob(os.path.join(out, "saturation-*.json"))):
+    runs = []
+    for path in glob.glob(os.path.join(out, "saturation-*.json")):
         if path.endswith(".meta.json"):
             continue
         factor = os.path.basename(path)[len("saturation-"):-len(".json")]
-        curves.append((f"QoS 0 e2e at {factor}x", load(path)["e2e_ns"], None))
-    for name, label in [("fair-alone", "QoS 1 PUBACK, alone"), ("fair-steady", "QoS 1 PUBACK, beside a flood")]:
+        runs.append((float(factor), factor, path))
+    curves = [(f"QoS 0 e2e, {f}x", load(path)["e2e_ns"], None) for _, f, path in sorted(runs)]
+    for name, label in [("fair-alone", "QoS 1 ack, alone"), ("fair-steady", "QoS 1 ack, flood")]:
         path = os.path.join(out, name + ".json")
         if os.path.exists(path):
             curves.append((label, load(path)["rtt_ns"], "6 3"))
