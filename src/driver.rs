@@ -17,7 +17,7 @@ use crate::time::Instant;
 use crate::transcript::Control;
 use crate::transport::serial::port::{SerialInbound, SerialTransport};
 use crate::transport::shutdown::{self, Trigger};
-use crate::transport::udp::{Datagram, UdpError, UdpTransport};
+use crate::transport::udp::{UdpError, UdpTransport};
 use crate::transport::upstream::{
     ConnEvent, Pressure, UpstreamError, UpstreamPool, UpstreamSettings,
 };
@@ -28,11 +28,12 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-/// Inputs taken from a channel in one go before the outputs are flushed: amortizes the
-/// flush under load without delaying a lone datagram.
+/// Inputs taken in one go (from a socket or a channel) before the outputs are flushed:
+/// amortizes the flush under load without delaying a lone datagram.
 const BATCH: usize = 256;
-/// Channel depths: bounded, so a flood applies backpressure instead of growing memory.
-const DATAGRAM_QUEUE: usize = 8192;
+/// Channel depths: bounded, so a flood applies backpressure instead of growing memory. (UDP
+/// has no channel: the loop reads the sockets itself.)
+const SERIAL_QUEUE: usize = 8192;
 const UPSTREAM_QUEUE: usize = 8192;
 
 /// Why the gateway could not start.
@@ -137,18 +138,12 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     }
     let settings = UpstreamSettings::from_config(&config.upstream)?;
     let (trigger, shutdown) = shutdown::channel();
-    let (datagram_tx, datagram_rx) = mpsc::channel(DATAGRAM_QUEUE);
-    let udp = UdpTransport::bind(
-        &config.udp,
-        datagram_tx,
-        config.limits.max_queued_frame_bytes,
-        &shutdown,
-    )?;
+    let udp = UdpTransport::bind(&config.udp)?;
     let addrs = udp.local_addrs();
     for addr in &addrs {
         tracing::info!(%addr, "listening for MQTT-SN over UDP");
     }
-    let (serial_tx, serial_rx) = mpsc::channel(DATAGRAM_QUEUE);
+    let (serial_tx, serial_rx) = mpsc::channel(SERIAL_QUEUE);
     let serial = SerialTransport::start(&config.serial, serial_tx, &shutdown);
     let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
     let pool = UpstreamPool::new(settings, events_tx);
@@ -166,7 +161,6 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
             shutdown: trigger,
         };
         let inputs = Inputs {
-            datagrams: datagram_rx,
             serial: serial_rx,
             upstream: events_rx,
             counters: counters_rx,
@@ -295,7 +289,6 @@ fn broker_endpoint(engine: &Gateway, conn: ConnId) -> Endpoint {
 
 /// What the loop waits on besides the clock and the stop signal.
 struct Inputs {
-    datagrams: mpsc::Receiver<Datagram>,
     serial: mpsc::Receiver<SerialInbound>,
     upstream: mpsc::Receiver<(ConnId, ConnEvent)>,
     counters: mpsc::Receiver<oneshot::Sender<Counters>>,
@@ -308,12 +301,13 @@ async fn event_loop(
     stop: impl Future<Output = ()>,
 ) {
     let Inputs {
-        mut datagrams,
         mut serial,
         mut upstream,
         mut counters,
     } = inputs;
     let clock = Clock(std::time::Instant::now());
+    // Every UDP datagram is read into this, then handed to the engine.
+    let mut rx_buf = vec![0u8; crate::transport::udp::MAX_DATAGRAM];
     tokio::pin!(stop);
     flush(&mut engine, &mut io, clock.now()).await;
     loop {
@@ -321,16 +315,22 @@ async fn event_loop(
         let sleep_until = clock.deadline(deadline.unwrap_or(Instant::from_millis(u64::MAX / 4)));
         tokio::select! {
             _ = &mut stop => break,
-            Some(first) = datagrams.recv() => {
-                let mut next = Some(first);
+            () = io.udp.readable() => {
+                // A batch straight from the sockets; the rest waits in the kernel.
                 let mut taken = 0;
-                while let Some(d) = next {
-                    io.udp.heard(d.listener, d.from);
+                while taken < BATCH {
+                    let Some((len, from, listener)) = io.udp.try_recv(&mut rx_buf) else {
+                        break;
+                    };
+                    let frame = &rx_buf[..len];
+                    io.udp.heard(listener, from);
                     let now = clock.now();
-                    io.record(now, true, Endpoint::Device(PeerAddr::udp(d.from)), Payload::Bytes(d.bytes.clone()));
-                    engine.handle_frame(now, PeerAddr::udp(d.from), &d.bytes);
+                    if io.recorder.is_some() {
+                        let bytes = bytes::Bytes::copy_from_slice(frame);
+                        io.record(now, true, Endpoint::Device(PeerAddr::udp(from)), Payload::Bytes(bytes));
+                    }
+                    engine.handle_frame(now, PeerAddr::udp(from), frame);
                     taken += 1;
-                    next = if taken < BATCH { datagrams.try_recv().ok() } else { None };
                 }
             }
             Some(frame) = serial.recv() => {
@@ -396,7 +396,7 @@ async fn shut_down(
     // Only now, after the last flush: the serial ports still write what it queued for them.
     io.shutdown.fire();
     let Io {
-        mut udp,
+        udp,
         mut serial,
         pool,
         recorder,
@@ -407,12 +407,7 @@ async fn shut_down(
     // events are dropped, the engine has shut down. `recv` ends once the pool, and with it the
     // last sender, is gone.
     let drain_upstream = async { while upstream.recv().await.is_some() {} };
-    tokio::join!(
-        pool.shutdown(),
-        drain_upstream,
-        udp.shutdown(),
-        serial.shutdown()
-    );
+    tokio::join!(pool.shutdown(), drain_upstream, serial.shutdown());
     // Last: the writer thread writes what is queued and closes the files.
     if let Some(recorder) = recorder {
         let skipped = recorder.skipped();
@@ -424,13 +419,8 @@ async fn shut_down(
     for (port, stats) in serial.stats() {
         tracing::info!(%port, ?stats, "serial port totals");
     }
-    tracing::info!(
-        send_errors = udp.send_errors(),
-        queue_waits = udp.queue_waits(),
-        "udp totals"
-    );
-    // Its readers are gone, so the transport holds the last handles on the sockets: the ports
-    // are free from here on.
+    tracing::info!(send_errors = udp.send_errors(), "udp totals");
+    // The transport holds the only handles on the sockets: the ports are free from here on.
     drop(udp);
     tracing::info!(counters = ?engine.counters(), "gateway stopped");
 }

@@ -153,7 +153,6 @@ struct RawLimits {
     max_filters_per_client: Field<i64>,
     max_will_bytes: Field<i64>,
     verify_return_path: Field<bool>,
-    max_queued_frame_bytes: Field<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -781,14 +780,6 @@ impl RawLimits {
                 .int(&self.max_will_bytes, "limits.max_will_bytes", 1..=i64::MAX)?
                 .unwrap_or(d.max_will_bytes),
             verify_return_path: value(&self.verify_return_path).unwrap_or(d.verify_return_path),
-            // At least one largest datagram.
-            max_queued_frame_bytes: cx
-                .int(
-                    &self.max_queued_frame_bytes,
-                    "limits.max_queued_frame_bytes",
-                    65535..=i64::from(u32::MAX),
-                )?
-                .unwrap_or(d.max_queued_frame_bytes),
         })
     }
 }

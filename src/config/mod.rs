@@ -68,10 +68,6 @@ pub struct LimitsConfig {
     /// or an acknowledgement of a gateway message), so that forged source addresses cannot be
     /// flooded through the gateway.
     pub verify_return_path: bool,
-    /// Bytes of received UDP datagrams that may wait for the protocol core, over all
-    /// listeners; past it, datagrams wait in the kernel's buffer (which drops what does not
-    /// fit), so a flood cannot grow the gateway's memory.
-    pub max_queued_frame_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -82,7 +78,6 @@ impl Default for LimitsConfig {
             max_filters_per_client: 256,
             max_will_bytes: 4096,
             verify_return_path: true,
-            max_queued_frame_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -124,7 +124,6 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.raw("max_filters_per_client", l.max_filters_per_client);
     out.raw("max_will_bytes", l.max_will_bytes);
     out.raw("verify_return_path", l.verify_return_path);
-    out.raw("max_queued_frame_bytes", l.max_queued_frame_bytes);
 
     out.0
 }

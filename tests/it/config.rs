@@ -165,7 +165,6 @@ publish_burst = 1
 max_filters_per_client = 3
 max_will_bytes = 9
 verify_return_path = false
-max_queued_frame_bytes = 70000
 "#;
 
 /// What `FULL` must load as: every key set, none to its default.
@@ -269,7 +268,6 @@ fn full_config() -> Config {
             max_filters_per_client: 3,
             max_will_bytes: 9,
             verify_return_path: false,
-            max_queued_frame_bytes: 70000,
         },
     }
 }

@@ -56,12 +56,12 @@ async fn the_udp_port_binds_again_right_after_the_stop() {
     let broker = Mosquitto::start();
     let gw = driver::start(broker.gateway_config("")).await.unwrap();
     let addr = gw.udp_addrs()[0];
-    // A frame in and one out: the reader task is running and has the socket.
+    // A frame in and one out: the loop is reading the socket.
     let dev = Device::new(addr).await;
     connect(&dev, "udp-dev", 60, false).await;
     gw.stop().await;
     // Neither side sets SO_REUSEADDR, so this fails while any handle on the gateway's socket
-    // is left (a reader task still waiting for a datagram).
+    // is left.
     if let Err(e) = std::net::UdpSocket::bind(addr) {
         panic!("{addr} is still taken after the stop: {e}");
     }

@@ -261,3 +261,55 @@ fn a_congested_connection_takes_no_more_than_its_overdraft() {
     );
     assert_eq!(forward_all(&mut gw), 200 * 1007, "all through once drained");
 }
+
+/// While congested, one light device cannot take the whole overdraft from the others: each
+/// gets at most an eighth of it per congestion episode, and one that uses up its share counts
+/// as pushing from then on.
+#[test]
+fn a_light_device_gets_only_its_share_of_the_overdraft() {
+    use mqttsn_gateway::codec::{Publish, QoS, TopicRef};
+    use mqttsn_gateway::engine::{ConnId, UpstreamCommand};
+    let mut gw = gateway("mode = \"aggregating\"\n[upstream]\nmax_queued_bytes = 65536");
+    let (a, b) = (connected(&mut gw, 1), connected(&mut gw, 2));
+    let payload = [0x42u8; 1000];
+    let frame = |qos, msg_id| {
+        Message::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: TopicRef::Short(*b"ab"),
+            msg_id,
+            data: &payload,
+        })
+        .to_vec()
+        .unwrap()
+    };
+    let forwarded = |gw: &mut Gateway| -> usize {
+        let mut n = 0;
+        while let Some(command) = gw.poll_upstream() {
+            if let UpstreamCommand::Send(_, bytes) = command {
+                n += bytes.len() / 1007;
+            }
+        }
+        n
+    };
+    let t = Instant::from_millis(2);
+    gw.handle_upstream(t, ConnId::GATEWAY, UpstreamEvent::Congested);
+    drain(&mut gw);
+    for _ in 0..20 {
+        gw.handle_frame(t, a, &frame(QoS::Zero, 0));
+    }
+    assert_eq!(
+        forwarded(&mut gw),
+        8,
+        "an eighth of 64 KiB is 8 such messages"
+    );
+    drain(&mut gw);
+    // The other light device still gets its QoS 1 message through, with no refusal.
+    gw.handle_frame(t, b, &frame(QoS::One, 7));
+    assert_eq!(forwarded(&mut gw), 1);
+    assert!(drain(&mut gw).is_empty(), "no PUBACK refusal for b");
+    // a goes on pushing and stays refused, although the overdraft has room.
+    gw.handle_frame(Instant::from_millis(600), a, &frame(QoS::Zero, 0));
+    assert_eq!(forwarded(&mut gw), 0);
+}

@@ -111,6 +111,19 @@ impl Mosquitto {
         connects.iter().filter(|id| *id == client_id).count()
     }
 
+    /// Waits (at most [`super::PATIENCE`]) until the broker's log shows `client_id` connected
+    /// `n` times: the log is read by a thread of its own, a moment after the fact.
+    pub async fn await_connects(&self, client_id: &str, n: usize) {
+        let deadline = std::time::Instant::now() + super::PATIENCE;
+        while self.connects(client_id) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker's log never showed {client_id} connecting {n} times"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops the broker process (SIGSTOP) without closing anything: it reads nothing, so its
     /// clients' sockets fill up, as with a broker that cannot keep up.
     pub fn pause(&self) {

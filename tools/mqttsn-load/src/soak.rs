@@ -127,6 +127,13 @@ pub async fn run(p: Params) -> Result<(), String> {
         sum(|l| l.failures),
     );
     print_arrivals(received.unique(), p.duration, lost, sent, drained, None);
+    // A refused QoS 1 message (the device was told) and one that could not be sent are not
+    // silent losses.
+    let told = sum(|l| l.rejected) + sum(|l| l.failures);
+    println!(
+        "  lost silently       {} (lost less those refused or not sent)",
+        lost.saturating_sub(told)
+    );
     println!("  latency end-to-end  {}", e2e.summary());
     let flat = report_rss(&rss, p.warm_up);
     println!(
@@ -222,7 +229,8 @@ async fn publish_qos1(
 /// DISCONNECT with a duration (answered by DISCONNECT), sleep, then PINGREQ with the ClientId
 /// until PINGRESP (messages buffered meanwhile come first).
 async fn sleep_cycle(dev: &mut Device, duration: Duration, timing: &Timing) -> bool {
-    let secs = u16::try_from(duration.as_secs().max(1)).unwrap_or(u16::MAX);
+    // Whole seconds, rounded up: a device announcing less than it sleeps would be lost.
+    let secs = u16::try_from(duration.as_secs_f64().ceil().max(1.0) as u64).unwrap_or(u16::MAX);
     if !exchange(
         dev,
         Message::Disconnect {

@@ -76,6 +76,20 @@ impl Budget {
     }
 }
 
+/// Light users share a congested connection's overdraft: none may take more than this
+/// fraction of it (`upstream.max_queued_bytes` / 8) in one congestion episode.
+pub const OVERDRAFT_SHARES: usize = 8;
+
+/// What a client was let through while its connection was congested, in which episode (the
+/// connection counts its congestions, so that an old share needs no reset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OverdraftShare {
+    /// The connection's congestion episode.
+    pub episode: u32,
+    /// Bytes let through in it.
+    pub bytes: usize,
+}
+
 /// Why a device request was not let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -105,21 +119,36 @@ impl Gateway {
         // What it costs on the wire: the MQTT PUBLISH header, topic length and packet id on
         // top of topic and payload.
         let len = len + 7;
-        let budget = key.and_then(|k| self.client(k)).map(|c| c.budget);
-        let mut heavy = true;
+        let (budget, share) = match key.and_then(|k| self.client(k)) {
+            Some(c) => (Some(c.budget), Some(c.overdraft_share)),
+            None => (None, None),
+        };
+        let episode = self.upstreams.get(&conn).map_or(0, |u| u.episode);
+        // Bytes this client was let through in the current congestion episode.
+        let used = share
+            .filter(|s| s.episode == episode)
+            .map_or(0, |s| s.bytes);
+        // Refused for pushing (not merely for a spent overdraft): it stays heavy while it
+        // keeps pushing, instead of counting as light again after a short pause.
+        let mut pushing = true;
         let verdict = match budget {
             Some(budget) if !budget.clone().take(now, &limits) => Err(Refusal::OverBudget),
             _ if !congested => Ok(()),
-            // While congested, only light users get through, and only until the writes queued
-            // beyond the bound reach the bound again.
+            // While congested, only light users get through: each at most its share of the
+            // overdraft (one message at least), and all together only until the writes queued
+            // beyond the bound reach the bound again. A device that uses up its share is
+            // pushing; one that finds the overdraft spent by the others is not.
             Some(budget) if budget.is_light(now, &limits) => {
-                heavy = false;
+                let fits_share = used == 0 || used + len <= allowance / OVERDRAFT_SHARES;
                 match self.upstreams.get_mut(&conn) {
-                    Some(up) if up.overdraft + len <= allowance => {
+                    Some(up) if fits_share && up.overdraft + len <= allowance => {
                         up.overdraft += len;
                         Ok(())
                     }
-                    _ => Err(Refusal::Congested),
+                    _ => {
+                        pushing = !fits_share;
+                        Err(Refusal::Congested)
+                    }
                 }
             }
             _ => Err(Refusal::Congested),
@@ -128,9 +157,14 @@ impl Gateway {
             match verdict {
                 Ok(()) => {
                     client.budget.take(now, &limits);
+                    if congested {
+                        client.overdraft_share = OverdraftShare {
+                            episode,
+                            bytes: used + len,
+                        };
+                    }
                 }
-                // Refused for pushing: it stays heavy while it keeps pushing.
-                Err(_) if heavy => client.budget.exhaust(now, &limits),
+                Err(_) if pushing => client.budget.exhaust(now, &limits),
                 Err(_) => {}
             }
         }
@@ -166,6 +200,9 @@ impl Gateway {
     /// uncongested.
     pub(super) fn set_congested(&mut self, conn: ConnId, congested: bool) {
         if let Some(up) = self.upstreams.get_mut(&conn) {
+            if congested && !up.congested {
+                up.episode = up.episode.wrapping_add(1);
+            }
             up.congested = congested;
             up.overdraft = 0;
         }

@@ -1,7 +1,7 @@
 //! One device's session: where it is, what state it is in, its will, its topic ids, and the
 //! messages in flight in each direction.
 
-use super::admission::Budget;
+use super::admission::{Budget, OverdraftShare};
 use super::peer::PeerAddr;
 use super::registry::TopicRegistry;
 use super::sleep::{PushOutcome, SleepBuffer, SleepLimits};
@@ -182,6 +182,8 @@ pub struct Client {
     pub conn: Option<ConnId>,
     /// What the device may still send upstream ([`super::admission`]).
     pub budget: Budget,
+    /// What it was let through while its broker connection was congested.
+    pub overdraft_share: OverdraftShare,
     /// The device at `peer` has shown it receives what the gateway sends (it sent PINGREQ, or
     /// acknowledged a gateway PUBLISH, PUBREL or REGISTER). Until then it gets no more bytes
     /// than it sent, so that a forged source address cannot be flooded through the gateway.
@@ -234,6 +236,7 @@ impl Client {
             last_msg_id: 0,
             conn: None,
             budget: Budget::default(),
+            overdraft_share: OverdraftShare::default(),
             verified: false,
             credit: 0,
             extras: None,

@@ -88,6 +88,8 @@ pub(super) struct Upstream {
     pub congested: bool,
     /// Bytes of device requests let through since it became congested.
     pub overdraft: usize,
+    /// How many times it has become congested ([`super::admission::OverdraftShare`]).
+    pub episode: u32,
 }
 
 /// The MQTT-SN gateway engine. See the [module documentation](super) for the call order.
@@ -122,7 +124,9 @@ pub struct Gateway {
     pub(super) scratch: Vec<(ClientKey, crate::codec::QoS)>,
     /// The latest time an input carried (for helpers deep in a call chain).
     pub(super) now: Instant,
-    /// Bytes held in every client's queue together (`sleep.max_total_bytes` bounds it).
+    /// Bytes held in every client's queue together. `sleep.max_total_bytes` bounds what clients
+    /// that are not taking messages now (asleep, gone, unproven) hold together; a client
+    /// taking messages is bounded by its own `sleep.max_bytes`.
     pub(super) held_bytes: usize,
     /// When refusals were last reported ([`Event::Overload`]).
     pub(super) overload_reported_at: Option<Instant>,
@@ -552,6 +556,7 @@ impl Gateway {
                 dirty: false,
                 congested: false,
                 overdraft: 0,
+                episode: 0,
             },
         );
         self.commands.push_back(UpstreamCommand::Open(conn));
