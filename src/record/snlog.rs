@@ -272,8 +272,11 @@ impl FileState {
                 let entry = match cut {
                     None => entry,
                     Some(Cut::TooLarge) => entry.with_comment(
-                        "the start of a PUBLISH too large for any device; the rest is not recorded",
+                        "the start of a PUBLISH too large for any device (the gateway skips it)",
                     ),
+                    Some(Cut::Continued) => {
+                        entry.with_comment("more of the PUBLISH too large for any device")
+                    }
                     Some(Cut::Misframed) => {
                         misframed = true;
                         entry.with_comment("not MQTT packets: a malformed length")
@@ -375,9 +378,12 @@ struct Reassembly {
 /// Why a recorded chunk is not one whole MQTT packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
-    /// The start of a PUBLISH over [`MAX_PACKET`], which the engine skips as well; the rest of
-    /// it is not kept, so the stream stays in step without buffering it.
+    /// The start of a PUBLISH over [`MAX_PACKET`], which the engine skips as well. Its rest
+    /// is written as it arrives ([`Cut::Continued`]), never buffered, so that a replay feeds
+    /// the engine the same bytes to skip.
     TooLarge,
+    /// Bytes of such a PUBLISH after its start, as they arrived.
+    Continued,
     /// A malformed length: what was buffered, raw. The stream starts over after it.
     Misframed,
 }
@@ -387,9 +393,12 @@ enum Cut {
 fn take_packets(stream: &mut Reassembly, bytes: &[u8]) -> Vec<(Vec<u8>, Option<Cut>)> {
     let skipped = stream.skip.min(bytes.len());
     stream.skip -= skipped;
+    let mut packets = Vec::new();
+    if skipped > 0 {
+        packets.push((bytes[..skipped].to_vec(), Some(Cut::Continued)));
+    }
     stream.buf.extend_from_slice(&bytes[skipped..]);
     let buf = &mut stream.buf;
-    let mut packets = Vec::new();
     loop {
         match fixed_header(buf) {
             Ok(Some(header)) if header.packet_len() > MAX_PACKET && buf[0] >> 4 == 3 => {
@@ -645,7 +654,7 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_publish_is_cut_and_its_rest_skipped() {
+    fn an_oversized_publish_is_cut_and_its_rest_passed_through() {
         // Declares a 2 MiB PUBLISH: more than any broker packet the engine takes.
         let huge = [0x30, 0x80, 0x80, 0x80, 0x01, 0x00, 0x01, b't'];
         let mut stream = Reassembly::default();
@@ -655,10 +664,15 @@ mod tests {
         );
         assert!(stream.buf.is_empty());
         assert_eq!(stream.skip, (1 << 21) + 5 - huge.len());
-        // Its rest is skipped, however it arrives, and the next packet is whole again.
+        // Its rest is passed through as it arrives, never buffered, and the next packet is
+        // whole again.
         let rest = vec![0u8; stream.skip];
         for chunk in rest.chunks(65_536) {
-            assert_eq!(take_packets(&mut stream, chunk), []);
+            assert_eq!(
+                take_packets(&mut stream, chunk),
+                [(chunk.to_vec(), Some(Cut::Continued))]
+            );
+            assert!(stream.buf.is_empty());
         }
         assert_eq!(
             take_packets(&mut stream, &[0xD0, 0x00]),

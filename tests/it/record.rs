@@ -292,3 +292,51 @@ fn a_recording_rotates_by_size_and_keeps_n_files() {
     assert!(size < 2_000 + 200, "rotated at about the limit: {size}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A broker PUBLISH too large for any device (a 300 KiB retained message) is recorded as it
+/// came, its start marked, and the recording still replays on virtual time: the engine skips
+/// the same bytes as it did live (before, the recorder left the rest out and the replayed
+/// engine took the next packets for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_with_a_publish_too_large_for_devices_replays() {
+    let broker = Mosquitto::start();
+    let mut publisher = crate::support::mqtt::Client::connect(broker.port(), "publisher").await;
+    publisher
+        .publish(
+            "big/x",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            &vec![0x48; 300 * 1024],
+        )
+        .await;
+    publisher
+        .publish("small/y", rumqttc::QoS::AtLeastOnce, true, b"fits")
+        .await;
+    let path = std::env::temp_dir().join(format!("mqttsn-rec-big-{}.snlog", std::process::id()));
+    let gw = broker.recording_gateway(&path).await;
+    let dev = Device::new(gw.udp_addrs()[0]).await;
+    crate::support::device::connect(&dev, "watcher-device-1", 60, false).await;
+    dev.subscribe(TopicFilter::Name("#"), QoS::Zero, 1).await;
+    let register = dev.recv_until(|m| matches!(m, Message::Register(_))).await;
+    let Ok(Message::Register(r)) = Message::decode(&register) else {
+        unreachable!()
+    };
+    dev.send(Message::RegAck(RegAck {
+        topic_id: r.topic_id,
+        msg_id: r.msg_id,
+        return_code: ReturnCode::Accepted,
+    }))
+    .await;
+    let _ = dev.recv_until(|m| matches!(m, Message::Publish(_))).await;
+    let counters = gw.counters().await.unwrap();
+    assert_eq!(counters.too_large_dropped, 1, "{counters:?}");
+    gw.stop().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("too large for any device"), "not marked");
+    let transcript = Transcript::parse(&text, &path.display().to_string()).unwrap();
+    let transcript = without_clean_stop(transcript);
+    if let Err(mismatch) = replay(&transcript, &mut harness(&transcript)) {
+        panic!("the recording does not replay:\n{mismatch}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}
