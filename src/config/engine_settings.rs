@@ -52,6 +52,7 @@ impl Config {
                 max_filters_per_client: self.limits.max_filters_per_client,
                 max_will_bytes: self.limits.max_will_bytes,
                 verify_return_path: self.limits.verify_return_path,
+                return_path_factor: self.limits.return_path_factor,
             },
             upstream_queue_bytes: self.upstream.max_queued_bytes,
             hash_seed,

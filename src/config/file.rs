@@ -153,6 +153,7 @@ struct RawLimits {
     max_filters_per_client: Field<i64>,
     max_will_bytes: Field<i64>,
     verify_return_path: Field<bool>,
+    return_path_factor: Field<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -780,6 +781,13 @@ impl RawLimits {
                 .int(&self.max_will_bytes, "limits.max_will_bytes", 1..=i64::MAX)?
                 .unwrap_or(d.max_will_bytes),
             verify_return_path: value(&self.verify_return_path).unwrap_or(d.verify_return_path),
+            return_path_factor: cx
+                .int(
+                    &self.return_path_factor,
+                    "limits.return_path_factor",
+                    1..=10,
+                )?
+                .unwrap_or(d.return_path_factor),
         })
     }
 }

@@ -68,6 +68,9 @@ pub struct LimitsConfig {
     /// or an acknowledgement of a gateway message), so that forged source addresses cannot be
     /// flooded through the gateway.
     pub verify_return_path: bool,
+    /// Bytes an unproven address may be sent for each byte it sent: 1 (the default) is the
+    /// strict rule; 3 is QUIC's limit for unvalidated addresses (RFC 9000, 8.1).
+    pub return_path_factor: u32,
 }
 
 impl Default for LimitsConfig {
@@ -78,6 +81,7 @@ impl Default for LimitsConfig {
             max_filters_per_client: 256,
             max_will_bytes: 4096,
             verify_return_path: true,
+            return_path_factor: 1,
         }
     }
 }

@@ -124,6 +124,7 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.raw("max_filters_per_client", l.max_filters_per_client);
     out.raw("max_will_bytes", l.max_will_bytes);
     out.raw("verify_return_path", l.verify_return_path);
+    out.raw("return_path_factor", l.return_path_factor);
 
     out.0
 }

@@ -165,6 +165,7 @@ publish_burst = 1
 max_filters_per_client = 3
 max_will_bytes = 9
 verify_return_path = false
+return_path_factor = 3
 "#;
 
 /// What `FULL` must load as: every key set, none to its default.
@@ -268,6 +269,7 @@ fn full_config() -> Config {
             max_filters_per_client: 3,
             max_will_bytes: 9,
             verify_return_path: false,
+            return_path_factor: 3,
         },
     }
 }

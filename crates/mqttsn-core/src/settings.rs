@@ -105,6 +105,9 @@ pub struct Limits {
     /// Send an address no more than it sent until it has shown it receives (see
     /// [`crate::engine::Gateway`]'s return-path check).
     pub verify_return_path: bool,
+    /// How many bytes an unproven address may get for each byte it sent (1: no more than it
+    /// sent).
+    pub return_path_factor: u32,
 }
 
 impl fmt::Debug for Settings {

@@ -13,11 +13,15 @@ use super::gateway::Gateway;
 use super::ClientKey;
 
 impl Gateway {
-    /// Counts `len` bytes received from `key`'s address while it is unproven.
+    /// Counts `len` bytes received from `key`'s address while it is unproven
+    /// (times `limits.return_path_factor`).
     pub(super) fn credit_in(&mut self, key: ClientKey, len: usize) {
+        let factor = self.settings.limits.return_path_factor.max(1);
         if let Some(client) = self.client_mut(key) {
             if !client.verified {
-                let len = u32::try_from(len).unwrap_or(u32::MAX);
+                let len = u32::try_from(len)
+                    .unwrap_or(u32::MAX)
+                    .saturating_mul(factor);
                 client.credit = client.credit.saturating_add(len);
             }
         }
