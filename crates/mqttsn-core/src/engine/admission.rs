@@ -3,7 +3,7 @@
 //! slowed (MQTT-SN's "rejected: congestion", or a dropped QoS 0 message), never everyone.
 
 use super::gateway::Gateway;
-use super::{ClientKey, ConnId, Event};
+use super::{ClientKey, ConnId, Event, PeerAddr};
 use crate::time::{Duration, Instant};
 
 /// How often, at most, the engine reports refusals ([`Event::Overload`]): often enough to see
@@ -76,6 +76,9 @@ impl Budget {
     }
 }
 
+/// Address slots of the budgets of QoS -1 senders without a session.
+const ANONYMOUS_SLOTS: usize = 256;
+
 /// Light users share a congested connection's overdraft: none may take more than this
 /// fraction of it (`upstream.max_queued_bytes` / 8) in one congestion episode.
 pub const OVERDRAFT_SHARES: usize = 8;
@@ -102,12 +105,13 @@ pub enum Refusal {
 
 impl Gateway {
     /// Decides whether a request of `len` bytes from client `key` (`None`: a QoS -1 sender
-    /// without a session) may go to the broker over `conn` now, and charges it if so. A refusal
+    /// without a session, at address `from`) may go to the broker over `conn` now, and charges it if so. A refusal
     /// is counted here (`qos0`: as a dropped message, else as answered with congestion) and
     /// reported at most every [`REPORT_INTERVAL`]; the caller answers the device.
     pub(super) fn admit(
         &mut self,
         key: Option<ClientKey>,
+        from: Option<PeerAddr>,
         conn: ConnId,
         len: usize,
         qos0: bool,
@@ -119,6 +123,20 @@ impl Gateway {
         // What it costs on the wire: the MQTT PUBLISH header, topic length and packet id on
         // top of topic and payload.
         let len = len + 7;
+        // QoS -1 senders without a session have budgets by address (in a fixed number of
+        // slots, so the table never grows): unbounded they would be the one way around the
+        // per-device limits, while a fleet of such sensors spreads over the slots.
+        if let (None, Some(from)) = (key, from) {
+            use std::hash::BuildHasher;
+            let slot = (self.settings.hash_seed.hash_one(from) as usize) % ANONYMOUS_SLOTS;
+            let budgets = self
+                .anonymous_budgets
+                .get_or_insert_with(|| vec![Budget::default(); ANONYMOUS_SLOTS].into_boxed_slice());
+            if !budgets[slot].take(now, &limits) {
+                self.count_refusal(Refusal::OverBudget, qos0);
+                return Err(Refusal::OverBudget);
+            }
+        }
         let (budget, share) = match key.and_then(|k| self.client(k)) {
             Some(c) => (Some(c.budget), Some(c.overdraft_share)),
             None => (None, None),

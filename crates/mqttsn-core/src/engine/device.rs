@@ -479,7 +479,7 @@ impl Gateway {
             (0, ReturnCode::Congestion)
         } else if !known
             && self
-                .admit(Some(key), self.conn_of(key), name.len(), false)
+                .admit(Some(key), None, self.conn_of(key), name.len(), false)
                 .is_err()
         {
             (0, ReturnCode::Congestion)
@@ -541,7 +541,7 @@ impl Gateway {
         };
         let conn = key.map_or(ConnId::GATEWAY, |k| self.conn_of(k));
         if self
-            .admit(key, conn, p.data.len() + topic.len(), true)
+            .admit(key, Some(peer), conn, p.data.len() + topic.len(), true)
             .is_ok()
         {
             self.publish_upstream(conn, &topic, p.data, QoS::Zero, p.retain, 0);
@@ -576,7 +576,7 @@ impl Gateway {
         let conn = self.conn_of(key);
         let size = p.data.len() + topic.len();
         if p.qos == QoS::Zero {
-            if self.admit(Some(key), conn, size, true).is_ok() {
+            if self.admit(Some(key), None, conn, size, true).is_ok() {
                 self.publish_upstream(conn, &topic, p.data, QoS::Zero, p.retain, 0);
             }
             return;
@@ -591,7 +591,7 @@ impl Gateway {
             }
             return;
         }
-        if self.admit(Some(key), conn, size, false).is_err() {
+        if self.admit(Some(key), None, conn, size, false).is_err() {
             // §6.13 / §5.4.13: the device waits T_WAIT and tries again.
             return refuse(self, ReturnCode::Congestion);
         }
@@ -652,7 +652,7 @@ impl Gateway {
             .is_some_and(|e| e.pending_subs.iter().any(|p| p.msg_id == s.msg_id));
         if !retransmitted
             && self
-                .admit(Some(key), self.conn_of(key), size, false)
+                .admit(Some(key), None, self.conn_of(key), size, false)
                 .is_err()
         {
             return suback(self, 0, ReturnCode::Congestion);

@@ -130,6 +130,9 @@ pub struct Gateway {
     pub(super) held_bytes: usize,
     /// When refusals were last reported ([`Event::Overload`]).
     pub(super) overload_reported_at: Option<Instant>,
+    /// Budgets of QoS -1 senders without a session, per address slot ([`super::admission`]);
+    /// allocated at the first such message.
+    pub(super) anonymous_budgets: Option<Box<[super::admission::Budget]>>,
     /// When SEARCHGW was last answered, per address slot (`timers.gwinfo_interval`);
     /// allocated at the first SEARCHGW.
     pub(super) gwinfo_at: Option<Box<[Option<Instant>]>>,
@@ -166,6 +169,7 @@ impl Gateway {
             held_bytes: 0,
             overload_reported_at: None,
             gwinfo_at: None,
+            anonymous_budgets: None,
         };
         let id = format!(
             "{}gateway-{}",
