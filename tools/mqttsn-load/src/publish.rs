@@ -13,7 +13,6 @@ use crate::common::{
 use crate::payload::Stamp;
 use crate::sn::{self, Device, Then, Timing};
 use crate::stats::{now_ns, Histogram, Live, SeqSet};
-use crate::subscriber::Subscriber;
 use mqttsn_codec::{Message, QoS, ReturnCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,17 +66,6 @@ pub async fn run(p: Params) -> Result<(), String> {
     let live = Arc::new(Live::default());
     let e2e = Arc::new(Histogram::default());
     let rtt = Arc::new(Histogram::default());
-    let sub = Subscriber::start(
-        &format!("mqttsn-load-sub-{run}"),
-        (&p.broker.0, p.broker.1),
-        &format!("{prefix}#"),
-        qos_mqtt,
-        p.devices as usize,
-        Arc::clone(&e2e),
-        Arc::clone(&live),
-    )
-    .await?;
-
     let plan = sn::Plan {
         gateway: p.gateway,
         devices: p.devices,
@@ -89,12 +77,16 @@ pub async fn run(p: Params) -> Result<(), String> {
             prefix: prefix.clone(),
         },
     };
-    let (devices, setup) = sn::setup(&plan).await;
-    println!("setup: {}", setup.line(devices.len()));
-    if devices.is_empty() {
-        let _ = sub.finish().await;
-        return Err("no device could be set up".to_string());
-    }
+    let (sub, devices) = sn::subscriber_and_publishers(
+        (&p.broker.0, p.broker.1),
+        &format!("mqttsn-load-sub-{run}"),
+        qos_mqtt,
+        &prefix,
+        plan,
+        &e2e,
+        &live,
+    )
+    .await?;
     let ready = devices.len();
 
     let progress = Progress::start(Arc::clone(&live), p.quiet);

@@ -483,3 +483,35 @@ pub async fn disconnect_all(devices: Vec<Device>, concurrency: usize) -> usize {
     }
     unanswered
 }
+
+/// What every publishing mode starts with: a broker subscriber on `{topic_prefix}#` counting
+/// into `e2e` and `live`, then `devices` devices (ClientIds `{client_prefix}{index}`) connected
+/// and each registered to `{topic_prefix}{index}`. Fails if no device could be set up.
+#[allow(clippy::too_many_arguments)]
+pub async fn subscriber_and_publishers(
+    broker: (&str, u16),
+    subscriber_id: &str,
+    qos: rumqttc::QoS,
+    topic_prefix: &str,
+    plan: Plan,
+    e2e: &Arc<Histogram>,
+    live: &Arc<crate::stats::Live>,
+) -> Result<(crate::subscriber::Subscriber, Vec<Device>), String> {
+    let sub = crate::subscriber::Subscriber::start(
+        subscriber_id,
+        broker,
+        &format!("{topic_prefix}#"),
+        qos,
+        plan.devices as usize,
+        Arc::clone(e2e),
+        Arc::clone(live),
+    )
+    .await?;
+    let (devices, setup) = setup(&plan).await;
+    println!("setup: {}", setup.line(devices.len()));
+    if devices.is_empty() {
+        let _ = sub.finish().await;
+        return Err("no device could be set up".to_string());
+    }
+    Ok((sub, devices))
+}

@@ -8,7 +8,6 @@ use crate::common::{drain, print_arrivals, rss_kib};
 use crate::payload::Stamp;
 use crate::sn::{self, Device, Then, Timing};
 use crate::stats::{now_ns, Histogram, Live, Rng};
-use crate::subscriber::Subscriber;
 use mqttsn_codec::{Message, QoS, ReturnCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,16 +51,6 @@ pub async fn run(p: Params) -> Result<(), String> {
     let prefix = format!("soak/{run}/");
     let live = Arc::new(Live::default());
     let e2e = Arc::new(Histogram::default());
-    let sub = Subscriber::start(
-        &format!("mqttsn-load-soak-{run}"),
-        (&p.broker.0, p.broker.1),
-        &format!("{prefix}#"),
-        rumqttc::QoS::AtLeastOnce,
-        p.devices as usize,
-        Arc::clone(&e2e),
-        Arc::clone(&live),
-    )
-    .await?;
     let plan = sn::Plan {
         gateway: p.gateway,
         devices: p.devices,
@@ -73,12 +62,16 @@ pub async fn run(p: Params) -> Result<(), String> {
             prefix: prefix.clone(),
         },
     };
-    let (devices, setup) = sn::setup(&plan).await;
-    println!("setup: {}", setup.line(devices.len()));
-    if devices.is_empty() {
-        let _ = sub.finish().await;
-        return Err("no device could be set up".to_string());
-    }
+    let (sub, devices) = sn::subscriber_and_publishers(
+        (&p.broker.0, p.broker.1),
+        &format!("mqttsn-load-soak-{run}"),
+        rumqttc::QoS::AtLeastOnce,
+        &prefix,
+        plan,
+        &e2e,
+        &live,
+    )
+    .await?;
     let t0 = Instant::now();
     let end = t0 + p.duration;
     let ready = devices.len();
