@@ -522,15 +522,17 @@ fn log_event(event: Event) {
             "broker message too large for any device; dropped (the connection goes on)"
         ),
         Event::Overload {
+            frames_over_budget,
             over_budget,
             congestion_refused,
             congestion_dropped,
         } => tracing::warn!(
+            frames_over_budget,
             over_budget,
             congestion_refused,
             congestion_dropped,
-            "devices slowed: requests refused with \"rejected: congestion\" or QoS 0 dropped \
-             (totals so far; reported at most every 10 s)"
+            "devices slowed: frames over their sender's budget dropped, requests refused with \
+             \"rejected: congestion\" or QoS 0 dropped (totals so far; reported at most every 10 s)"
         ),
         Event::FrameDropped { peer, reason } => {
             tracing::debug!(%peer, %reason, "frame dropped")

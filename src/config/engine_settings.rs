@@ -45,6 +45,10 @@ impl Config {
             max_idle: self.sessions.max_idle,
             session_expiry: self.sessions.expiry,
             limits: Limits {
+                frames: BudgetLimits {
+                    rate: self.limits.frame_rate,
+                    burst: self.limits.frame_burst,
+                },
                 budget: BudgetLimits {
                     rate: self.limits.publish_rate,
                     burst: self.limits.publish_burst,

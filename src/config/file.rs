@@ -148,6 +148,8 @@ struct RawSessions {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawLimits {
+    frame_rate: Field<i64>,
+    frame_burst: Field<i64>,
     publish_rate: Field<i64>,
     publish_burst: Field<i64>,
     max_filters_per_client: Field<i64>,
@@ -764,6 +766,12 @@ impl RawLimits {
     fn check(&self, cx: &Cx) -> Result<LimitsConfig, ConfigError> {
         let d = LimitsConfig::default();
         Ok(LimitsConfig {
+            frame_rate: cx
+                .int(&self.frame_rate, "limits.frame_rate", 0..=1_000_000)?
+                .unwrap_or(d.frame_rate),
+            frame_burst: cx
+                .int(&self.frame_burst, "limits.frame_burst", 1..=1_000_000)?
+                .unwrap_or(d.frame_burst),
             publish_rate: cx
                 .int(&self.publish_rate, "limits.publish_rate", 0..=1_000_000)?
                 .unwrap_or(d.publish_rate),

@@ -54,6 +54,11 @@ pub struct Config {
 /// `[limits]`: per-device bounds, so that one device cannot take what the others need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
+    /// Frames of any kind per second one device (or one address without a session) may send,
+    /// sustained; 0: no limit. Over it, frames are dropped before they are decoded.
+    pub frame_rate: u32,
+    /// How many frames it may send at once on top of the rate.
+    pub frame_burst: u32,
     /// PUBLISH, REGISTER and SUBSCRIBE per second one device may send towards the broker,
     /// sustained; 0: no limit. Over it, QoS 1/2 get "rejected: congestion" and QoS 0 is dropped.
     pub publish_rate: u32,
@@ -76,6 +81,8 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
+            frame_rate: 5000,
+            frame_burst: 5000,
             publish_rate: 2000,
             publish_burst: 2000,
             max_filters_per_client: 256,

@@ -119,6 +119,8 @@ pub(super) fn to_toml(config: &Config) -> String {
 
     let l = &config.limits;
     out.table("[limits]");
+    out.raw("frame_rate", l.frame_rate);
+    out.raw("frame_burst", l.frame_burst);
     out.raw("publish_rate", l.publish_rate);
     out.raw("publish_burst", l.publish_burst);
     out.raw("max_filters_per_client", l.max_filters_per_client);

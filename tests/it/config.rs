@@ -160,6 +160,8 @@ max_idle = "90s"
 expiry = "2h"
 
 [limits]
+frame_rate = 7
+frame_burst = 8
 publish_rate = 0
 publish_burst = 1
 max_filters_per_client = 3
@@ -264,6 +266,8 @@ fn full_config() -> Config {
             expiry: Duration::from_secs(7200),
         },
         limits: LimitsConfig {
+            frame_rate: 7,
+            frame_burst: 8,
             publish_rate: 0,
             publish_burst: 1,
             max_filters_per_client: 3,

@@ -96,6 +96,9 @@ pub struct Settings {
 /// Per-client bounds (`[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Each device's budget of frames of any kind (an address's, for senders without a
+    /// session), checked before decoding.
+    pub frames: BudgetLimits,
     /// Each client's budget of PUBLISH, REGISTER and SUBSCRIBE towards the broker.
     pub budget: BudgetLimits,
     /// Most subscriptions one client holds.

@@ -6,13 +6,19 @@
 #               flooding QoS 0 as fast as it can
 #   qos0        100 devices at 90% of the broker's direct rate (the no-loss target)
 #   lockstep    one device's QoS 1 round trip through the gateway, and directly to the broker
-#               (the gateway with limits.publish_rate = 0: a lock-step device exceeds the default
-#               per-device budget of 2000 msg/s, and this measures the path, not the budget)
+#               (the gateway with limits.frame_rate and limits.publish_rate = 0: a lock-step
+#               device exceeds the default per-device budgets of 5000 frames/s and 2000 msg/s,
+#               and this measures the path, not the budgets)
 # Writes one JSON file per run into $OUT (default bench-out/), then draws the plots with plot.py.
-# Usage: tools/mqttsn-load/bench/overload.sh [OUT]   (after cargo build --release -p mqttsn-gateway -p mqttsn-load)
+# Usage: tools/mqttsn-load/bench/overload.sh [OUT [SECTION...]]
+#   (after cargo build --release -p mqttsn-gateway -p mqttsn-load); SECTIONs are the names above,
+#   all of them by default. The direct rate is measured every time (the saturation runs need it).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${1:-bench-out}
+shift || true
+SECTIONS=${*:-saturation fairness qos0 lockstep}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 GW=${GW:-target/release/mqttsn-gateway}
 LOAD=target/release/mqttsn-load
@@ -57,6 +63,7 @@ echo "== direct QoS 0 rate of the broker (the 1x of the saturation runs)"
 $LOAD -q --json "$OUT/direct.json" direct --broker 127.0.0.1:$BROKER_PORT --clients 1 --qos 0 --duration 8 --broker-pid $MOSQ_PID | grep summary
 RATE=$(python3 -c "import json;print(int(json.load(open('$OUT/direct.json'))['received_per_s']))")
 
+if want saturation; then
 echo "== saturation: 300 devices, QoS 0, offered 0.5x..3x of $RATE msg/s"
 for f in 0.5 1 1.5 2 2.5 3; do
   restart_gateway
@@ -68,6 +75,9 @@ for f in 0.5 1 1.5 2 2.5 3; do
   echo "{\"factor\": $f, \"connections\": $(connections)}" > "$OUT/saturation-$f.meta.json"
 done
 
+fi
+
+if want fairness; then
 echo "== fairness: 100 QoS 1 devices at 10 msg/s each, alone"
 restart_gateway
 OBS="--gateway-pid $GW_PID --broker-pid $MOSQ_PID"
@@ -86,14 +96,20 @@ wait $FLOOD
 grep summary "$OUT/fair-flood.txt"
 echo "   broker connections during the run: $(connections)"
 
+fi
+
+if want qos0; then
 echo "== QoS 0, 100 devices, at 90% of the broker's direct rate"
 restart_gateway
 OBS="--gateway-pid $GW_PID --broker-pid $MOSQ_PID"
 $LOAD -q --json "$OUT/qos0-90.json" publish --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
   --devices 100 --qos 0 --rate "$(python3 -c "print(int($RATE*0.9))")" --duration 8 $OBS | grep summary
 
+fi
+
+if want lockstep; then
 echo "== lock-step QoS 1 round trip, 3 runs each (no per-device budget)"
-printf '[limits]\npublish_rate = 0\n' > "$OUT/unlimited.toml"
+printf '[limits]\nframe_rate = 0\npublish_rate = 0\n' > "$OUT/unlimited.toml"
 GW_CONFIG="$OUT/unlimited.toml" restart_gateway
 OBS="--gateway-pid $GW_PID --broker-pid $MOSQ_PID"
 for i in 1 2 3; do
@@ -103,4 +119,6 @@ for i in 1 2 3; do
     --duration 4 --broker-pid $MOSQ_PID | grep summary
 done
 
-python3 tools/mqttsn-load/bench/plot.py "$OUT"
+fi
+
+if want saturation && want fairness; then python3 tools/mqttsn-load/bench/plot.py "$OUT"; fi

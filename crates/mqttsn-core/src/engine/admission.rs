@@ -1,10 +1,13 @@
-//! Admission of device requests towards the broker: each client's own publish budget, and what
-//! a congested broker connection still takes. Under pressure the device that pushes is the one
-//! slowed (MQTT-SN's "rejected: congestion", or a dropped QoS 0 message), never everyone.
+//! Admission of device traffic: each sender's frame budget (checked before a frame is decoded),
+//! each client's publish budget towards the broker, and what a congested broker connection still
+//! takes. Under pressure the device that pushes is the one slowed (MQTT-SN's "rejected:
+//! congestion", or a dropped frame or QoS 0 message), never everyone.
 
 use super::gateway::Gateway;
 use super::{ClientKey, ConnId, Event, PeerAddr};
+use crate::hash::HashSeed;
 use crate::time::{Duration, Instant};
+use std::hash::BuildHasher;
 
 /// How often, at most, the engine reports refusals ([`Event::Overload`]): often enough to see
 /// an overload begin, rarely enough that a flood does not become a log storm.
@@ -14,7 +17,7 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// timestamp, the "theoretical arrival time" (µs of engine time) at which the bucket would be
 /// full again. Each admitted request moves it on by the cost of one message (`1/rate`); a
 /// request is admitted while it stays within one burst (`burst/rate`) of now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Budget {
     full_at_us: u64,
 }
@@ -58,6 +61,11 @@ impl Budget {
         true
     }
 
+    /// The one of the two that is spent more.
+    pub fn later(self, other: Budget) -> Budget {
+        self.max(other)
+    }
+
     /// Marks the budget used up (never more): a client refused for pushing stays a heavy user
     /// while it keeps pushing, instead of counting as light again after a short pause.
     pub fn exhaust(&mut self, now: Instant, limits: &BudgetLimits) {
@@ -76,8 +84,56 @@ impl Budget {
     }
 }
 
-/// Address slots of the budgets of QoS -1 senders without a session.
-const ANONYMOUS_SLOTS: usize = 256;
+/// Address slots of the budgets of senders without a session.
+const ADDRESS_SLOTS: usize = 1024;
+
+/// Budgets of senders without a session, by address, in a fixed number of slots picked by a
+/// seeded hash: the table never grows, however many addresses a flood uses, and nobody can aim
+/// at a given device's slot. Allocated at first use.
+#[derive(Debug, Default)]
+pub(super) struct AddressBudgets(Option<Box<[Budget]>>);
+
+impl AddressBudgets {
+    fn slots(&mut self) -> &mut [Budget] {
+        self.0
+            .get_or_insert_with(|| vec![Budget::default(); ADDRESS_SLOTS].into_boxed_slice())
+    }
+
+    fn slot(seed: &HashSeed, from: PeerAddr) -> usize {
+        (seed.hash_one(from) as usize) % ADDRESS_SLOTS
+    }
+
+    /// The budget of `from`'s slot.
+    fn peek(&self, seed: &HashSeed, from: PeerAddr) -> Budget {
+        self.0
+            .as_ref()
+            .map_or(Budget::default(), |slots| slots[Self::slot(seed, from)])
+    }
+
+    /// Hands the budget of a session that ends back to its address's slot, so that a flood
+    /// of CONNECTs and DISCONNECTs from one address meets the address's budget.
+    pub(super) fn remember(&mut self, seed: &HashSeed, from: PeerAddr, budget: Budget) {
+        if budget == Budget::default() {
+            return;
+        }
+        let slot = &mut self.slots()[Self::slot(seed, from)];
+        *slot = slot.later(budget);
+    }
+
+    /// Takes one from the budget of `from`'s slot, if it has it.
+    fn take(
+        &mut self,
+        seed: &HashSeed,
+        from: PeerAddr,
+        now: Instant,
+        limits: &BudgetLimits,
+    ) -> bool {
+        if limits.costs().is_none() {
+            return true;
+        }
+        self.slots()[Self::slot(seed, from)].take(now, limits)
+    }
+}
 
 /// Light users share a congested connection's overdraft: none may take more than this
 /// fraction of it (`upstream.max_queued_bytes` / 8) in one congestion episode.
@@ -123,16 +179,12 @@ impl Gateway {
         // What it costs on the wire: the MQTT PUBLISH header, topic length and packet id on
         // top of topic and payload.
         let len = len + 7;
-        // QoS -1 senders without a session have budgets by address (in a fixed number of
-        // slots, so the table never grows): unbounded they would be the one way around the
-        // per-device limits, while a fleet of such sensors spreads over the slots.
+        // QoS -1 senders without a session have budgets by address: unbounded they would be the
+        // one way around the per-device limits, while a fleet of such sensors spreads over the
+        // slots.
         if let (None, Some(from)) = (key, from) {
-            use std::hash::BuildHasher;
-            let slot = (self.settings.hash_seed.hash_one(from) as usize) % ANONYMOUS_SLOTS;
-            let budgets = self
-                .anonymous_budgets
-                .get_or_insert_with(|| vec![Budget::default(); ANONYMOUS_SLOTS].into_boxed_slice());
-            if !budgets[slot].take(now, &limits) {
+            let seed = self.settings.hash_seed;
+            if !self.anonymous_budgets.take(&seed, from, now, &limits) {
                 self.count_refusal(Refusal::OverBudget, qos0);
                 return Err(Refusal::OverBudget);
             }
@@ -192,6 +244,40 @@ impl Gateway {
         verdict
     }
 
+    /// Whether a frame from `peer` fits its sender's frame budget (`limits.frame_rate`,
+    /// `limits.frame_burst`): the client's own if `peer` has a session, else its address slot's.
+    /// It is asked before the frame is decoded, so a flood costs one lookup per frame, and a
+    /// frame over it is dropped unanswered (an answer would be more work for the flood to cause)
+    /// and counted.
+    pub(super) fn within_frame_budget(&mut self, peer: PeerAddr) -> bool {
+        let now = self.now;
+        let limits = self.settings.limits.frames;
+        let fits = match self.by_peer.get(&peer).copied() {
+            Some(key) => self
+                .client_mut(key)
+                .is_none_or(|c| c.frame_budget.take(now, &limits)),
+            None => {
+                let seed = self.settings.hash_seed;
+                self.sessionless_frames.take(&seed, peer, now, &limits)
+            }
+        };
+        if !fits {
+            self.counters.frames_over_budget += 1;
+            self.report_overload();
+        }
+        fits
+    }
+
+    /// What is left of the frame budget of address `peer`: its session's, or its slot's. A
+    /// session that starts at, or moves to, an address takes it over, so that a CONNECT under a
+    /// new ClientId does not come with a fresh budget.
+    pub(super) fn address_frame_budget(&self, peer: PeerAddr) -> Budget {
+        match self.by_peer.get(&peer).and_then(|&k| self.client(k)) {
+            Some(client) => client.frame_budget,
+            None => self.sessionless_frames.peek(&self.settings.hash_seed, peer),
+        }
+    }
+
     fn count_refusal(&mut self, refusal: Refusal, qos0: bool) {
         let c = &mut self.counters;
         match (refusal, qos0) {
@@ -199,13 +285,20 @@ impl Gateway {
             (Refusal::Congested, true) => c.congestion_dropped += 1,
             (Refusal::Congested, false) => c.congestion_refused += 1,
         }
+        self.report_overload();
+    }
+
+    /// Reports the refusals so far ([`Event::Overload`]), at most every [`REPORT_INTERVAL`].
+    fn report_overload(&mut self) {
         let now = self.now;
         if self
             .overload_reported_at
             .is_none_or(|at| now.saturating_since(at) >= REPORT_INTERVAL)
         {
             self.overload_reported_at = Some(now);
+            let c = &self.counters;
             self.events.push_back(Event::Overload {
+                frames_over_budget: c.frames_over_budget,
                 over_budget: c.over_budget,
                 congestion_refused: c.congestion_refused,
                 congestion_dropped: c.congestion_dropped,

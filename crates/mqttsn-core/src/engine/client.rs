@@ -180,7 +180,9 @@ pub struct Client {
     pub last_msg_id: u16,
     /// Transparent mode: this device's own broker connection.
     pub conn: Option<ConnId>,
-    /// What the device may still send upstream ([`super::admission`]).
+    /// Frames of any kind the device may still send ([`super::admission`]).
+    pub frame_budget: Budget,
+    /// What the device may still send upstream.
     pub budget: Budget,
     /// What it was let through while its broker connection was congested.
     pub overdraft_share: OverdraftShare,
@@ -235,6 +237,7 @@ impl Client {
             inflight: None,
             last_msg_id: 0,
             conn: None,
+            frame_budget: Budget::default(),
             budget: Budget::default(),
             overdraft_share: OverdraftShare::default(),
             verified: false,

@@ -319,6 +319,7 @@ impl Gateway {
 
     /// Points the session at a new address (NAT rebinding, or a device that moved).
     fn move_client(&mut self, key: ClientKey, peer: PeerAddr) {
+        let there = self.address_frame_budget(peer);
         let Some(client) = self.client_mut(key) else {
             return;
         };
@@ -327,6 +328,7 @@ impl Gateway {
             // A new address has to show again that it receives.
             client.verified = false;
             client.credit = 0;
+            client.frame_budget = client.frame_budget.later(there);
             if self.by_peer.get(&old) == Some(&key) {
                 self.by_peer.remove(&old);
             }

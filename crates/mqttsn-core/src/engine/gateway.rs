@@ -3,6 +3,7 @@
 //! devices), `broker.rs` (events from upstream connections) and `delivery.rs` (messages to
 //! devices).
 
+use super::admission::AddressBudgets;
 use super::client::{Client, State};
 use super::mqtt::wire::MqttWire;
 use super::mqtt::{ConnectOptions, LastWill, MqttError, MqttSession};
@@ -59,6 +60,9 @@ pub struct Counters {
     /// Broker messages too large for any device (over the session's size limit), dropped
     /// without dropping the broker connection.
     pub too_large_dropped: u64,
+    /// Frames dropped before decoding because their sender (a device, or an address without a
+    /// session) went over its frame budget (`limits.frame_rate`, `limits.frame_burst`).
+    pub frames_over_budget: u64,
     /// Device requests refused (QoS 1/2 with "rejected: congestion") or dropped (QoS 0) because
     /// the client went over its own budget (`limits.publish_rate`, `limits.publish_burst`).
     pub over_budget: u64,
@@ -130,9 +134,11 @@ pub struct Gateway {
     pub(super) held_bytes: usize,
     /// When refusals were last reported ([`Event::Overload`]).
     pub(super) overload_reported_at: Option<Instant>,
-    /// Budgets of QoS -1 senders without a session, per address slot ([`super::admission`]);
-    /// allocated at the first such message.
-    pub(super) anonymous_budgets: Option<Box<[super::admission::Budget]>>,
+    /// Publish budgets of QoS -1 senders without a session, per address slot
+    /// ([`super::admission`]).
+    pub(super) anonymous_budgets: AddressBudgets,
+    /// Frame budgets of senders without a session, per address slot.
+    pub(super) sessionless_frames: AddressBudgets,
     /// When SEARCHGW was last answered, per address slot (`timers.gwinfo_interval`);
     /// allocated at the first SEARCHGW.
     pub(super) gwinfo_at: Option<Box<[Option<Instant>]>>,
@@ -169,7 +175,8 @@ impl Gateway {
             held_bytes: 0,
             overload_reported_at: None,
             gwinfo_at: None,
-            anonymous_budgets: None,
+            anonymous_budgets: AddressBudgets::default(),
+            sessionless_frames: AddressBudgets::default(),
         };
         let id = format!(
             "{}gateway-{}",
@@ -207,6 +214,9 @@ impl Gateway {
                 None => return self.drop_frame(from, "forwarder node id too long".into()),
             },
         };
+        if !self.within_frame_budget(peer) {
+            return;
+        }
         match Message::decode_with(inner, &self.settings.decode) {
             Ok(message) => self.on_message(now, peer, message, bytes.len()),
             Err(e) => self.on_undecodable(peer, inner, e),
@@ -335,7 +345,8 @@ impl Gateway {
         now: Instant,
     ) -> ClientKey {
         self.generation = self.generation.wrapping_add(1);
-        let client = Client::new(self.generation, client_id.clone(), peer, now);
+        let mut client = Client::new(self.generation, client_id.clone(), peer, now);
+        client.frame_budget = self.address_frame_budget(peer);
         let key = ClientKey(self.clients.insert(client));
         self.by_client_id.insert(client_id, key);
         self.by_peer.insert(peer, key);
@@ -353,6 +364,9 @@ impl Gateway {
         if self.by_peer.get(&client.peer) == Some(&key) {
             self.by_peer.remove(&client.peer);
         }
+        let seed = self.settings.hash_seed;
+        self.sessionless_frames
+            .remember(&seed, client.peer, client.frame_budget);
         if client.queued() > 0 {
             self.counters.messages_dropped += client.queued() as u64;
             self.held_bytes = self.held_bytes.saturating_sub(client.queued_bytes());

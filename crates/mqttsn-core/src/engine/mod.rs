@@ -141,10 +141,12 @@ pub enum Event {
         /// How many have been dropped so far.
         total: u64,
     },
-    /// Device requests were refused or dropped because of the load: a client over its own
-    /// budget, or a congested broker connection. Reported at the first refusal and then at most
+    /// Device frames or requests were refused or dropped because of the load: a sender over its
+    /// frame budget, a client over its publish budget, or a congested broker connection. Reported at the first refusal and then at most
     /// every [`admission::REPORT_INTERVAL`], with the totals so far.
     Overload {
+        /// Frames dropped before decoding, over their sender's frame budget.
+        frames_over_budget: u64,
         /// Requests refused (or QoS 0 messages dropped) over a client's own budget.
         over_budget: u64,
         /// QoS 1/2 PUBLISH, REGISTER and SUBSCRIBE answered "rejected: congestion".
