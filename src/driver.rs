@@ -17,7 +17,7 @@ use crate::time::Instant;
 use crate::transcript::Control;
 use crate::transport::serial::port::{SerialInbound, SerialTransport};
 use crate::transport::shutdown::{self, Trigger};
-use crate::transport::udp::{UdpError, UdpTransport};
+use crate::transport::udp::{TooLong, UdpError, UdpTransport};
 use crate::transport::upstream::{
     ConnEvent, Pressure, UpstreamError, UpstreamPool, UpstreamSettings,
 };
@@ -307,7 +307,7 @@ async fn event_loop(
     } = inputs;
     let clock = Clock(std::time::Instant::now());
     // Every UDP datagram is read into this, then handed to the engine.
-    let mut rx_buf = vec![0u8; crate::transport::udp::MAX_DATAGRAM];
+    let mut batch = io.udp.batch();
     tokio::pin!(stop);
     flush(&mut engine, &mut io, clock.now()).await;
     loop {
@@ -316,21 +316,32 @@ async fn event_loop(
         tokio::select! {
             _ = &mut stop => break,
             () = io.udp.readable() => {
-                // A batch straight from the sockets; the rest waits in the kernel.
+                // Batches straight from the sockets, up to BATCH datagrams before the engine's
+                // output goes out; the rest waits in the kernel.
                 let mut taken = 0;
                 while taken < BATCH {
-                    let Some((len, from, listener)) = io.udp.try_recv(&mut rx_buf) else {
+                    let got = io.udp.recv_batch(&mut batch);
+                    if got == 0 {
                         break;
-                    };
-                    let frame = &rx_buf[..len];
-                    io.udp.heard(listener, from);
-                    let now = clock.now();
-                    if io.recorder.is_some() {
-                        let bytes = bytes::Bytes::copy_from_slice(frame);
-                        io.record(now, true, Endpoint::Device(PeerAddr::udp(from)), Payload::Bytes(bytes));
                     }
-                    engine.handle_frame(now, PeerAddr::udp(from), frame);
-                    taken += 1;
+                    taken += got;
+                    let now = clock.now();
+                    for datagram in batch.datagrams() {
+                        let from = PeerAddr::udp(datagram.from);
+                        io.udp.heard(datagram.listener, datagram.from);
+                        match datagram.frame {
+                            Ok(frame) => {
+                                if io.recorder.is_some() {
+                                    let bytes = bytes::Bytes::copy_from_slice(frame);
+                                    io.record(now, true, Endpoint::Device(from), Payload::Bytes(bytes));
+                                }
+                                engine.handle_frame(now, from, frame);
+                            }
+                            // Not recorded: the gateway never read it (a replay counts no
+                            // such drop).
+                            Err(TooLong { limit }) => engine.handle_too_long(now, from, limit),
+                        }
+                    }
                 }
             }
             Some(frame) = serial.recv() => {

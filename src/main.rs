@@ -221,8 +221,7 @@ fn effective_config(args: &RunArgs) -> Result<Config, String> {
             .iter()
             .map(|bind| UdpConfig {
                 bind: *bind,
-                broadcast: None,
-                multicast_interface: None,
+                ..UdpConfig::default()
             })
             .collect();
     }

@@ -77,6 +77,7 @@ struct RawUdp {
     broadcast: Field<String>,
     // A name (string) or an index (integer).
     multicast_interface: Field<toml::Value>,
+    max_frame: Field<i64>,
 }
 
 #[derive(Deserialize)]
@@ -471,10 +472,14 @@ fn check_udp(list: &[RawUdp], cx: &Cx) -> Result<Vec<UdpConfig>, ConfigError> {
             }
             None => None,
         };
+        let max_frame = cx
+            .int(&raw.max_frame, &key("max_frame"), 2..=65_535)?
+            .unwrap_or(super::DEFAULT_MAX_FRAME);
         out.push(UdpConfig {
             bind,
             broadcast,
             multicast_interface,
+            max_frame,
         });
     }
     Ok(out)

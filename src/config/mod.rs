@@ -180,7 +180,13 @@ pub struct UdpConfig {
     /// The interface multicast broadcasts leave by; only with a multicast `broadcast`. `None`:
     /// the operating system's choice.
     pub multicast_interface: Option<MulticastInterface>,
+    /// Longest datagram accepted, in bytes; a longer one is dropped unread and counted.
+    pub max_frame: usize,
 }
+
+/// `udp.max_frame` by default: far above what constrained devices send (most frames fit one
+/// radio or Ethernet packet), and small enough that a batch of receive slots stays small.
+pub const DEFAULT_MAX_FRAME: usize = 4096;
 
 /// A network interface, as `udp.multicast_interface` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -390,6 +396,7 @@ impl Default for UdpConfig {
             bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_UDP_PORT)),
             broadcast: None,
             multicast_interface: None,
+            max_frame: DEFAULT_MAX_FRAME,
         }
     }
 }

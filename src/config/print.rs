@@ -40,6 +40,7 @@ pub(super) fn to_toml(config: &Config) -> String {
             Some(MulticastInterface::Name(name)) => out.string("multicast_interface", name),
             None => out.unset("multicast_interface", "the system's choice"),
         }
+        out.raw("max_frame", udp.max_frame);
     }
 
     if config.serial.is_empty() {

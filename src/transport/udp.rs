@@ -2,11 +2,15 @@
 //! and sending (unicast, broadcast or multicast).
 //!
 //! The driver reads the sockets itself, in its own loop: it waits until a listener is
-//! readable ([`UdpTransport::readable`]), then takes a batch of datagrams straight into one
-//! buffer ([`UdpTransport::try_recv`]) and hands each to the engine. No task and no queue sit
-//! in between: while the loop is busy, datagrams wait in the kernel's receive buffer (whose
-//! drops the kernel counts), so a flood costs the gateway no memory, and a round trip saves
-//! the hop from a reader task. Dropping the transport closes the sockets.
+//! readable ([`UdpTransport::readable`]), then takes a batch of datagrams straight into the
+//! slots of one buffer ([`UdpTransport::recv_batch`]: one `recvmmsg` call on Linux) and hands
+//! each to the engine. No task and no queue sit in between: while the loop is busy, datagrams
+//! wait in the kernel's receive buffer (whose drops the kernel counts), so a flood costs the
+//! gateway no memory, and a round trip saves the hop from a reader task. One system call per
+//! batch rather than per datagram is what lets the loop drain a flood quickly, so that other
+//! devices' datagrams wait behind it as little as possible. A datagram longer than its
+//! listener's `max_frame` is reported as [`TooLong`], never read whole. Dropping the transport
+//! closes the sockets.
 
 use crate::config::{MulticastInterface, UdpConfig};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -18,9 +22,11 @@ use std::task::Poll;
 use thiserror::Error;
 use tokio::net::UdpSocket;
 
-/// Largest datagram accepted (the MQTT-SN 3-octet length allows 65535 bytes): the size of the
-/// buffer [`UdpTransport::try_recv`] wants.
-pub const MAX_DATAGRAM: usize = 65_535;
+/// Memory of a batch's receive slots: the number of slots adapts to the largest `max_frame`,
+/// so a batch costs about this much whatever the limit.
+const BATCH_BYTES: usize = 128 * 1024;
+/// Most datagrams read at once (one system call on Linux).
+const BATCH_SLOTS: usize = 32;
 /// Receive buffer requested from the kernel, so bursts from thousands of devices are not dropped.
 const RECV_BUFFER: usize = 8 * 1024 * 1024;
 
@@ -43,6 +49,56 @@ struct Listener {
     socket: Arc<UdpSocket>,
     broadcast: Option<SocketAddr>,
     local: SocketAddr,
+    max_frame: usize,
+}
+
+/// A datagram was longer than its listener's `max_frame`: dropped unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLong {
+    /// The listener's `max_frame`.
+    pub limit: usize,
+}
+
+/// One datagram of a [`RecvBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// The sender.
+    pub from: SocketAddr,
+    /// The listener it arrived on (an index into the configured listeners).
+    pub listener: usize,
+    /// Its bytes, or why they were not taken.
+    pub frame: Result<&'a [u8], TooLong>,
+}
+
+/// What [`UdpTransport::recv_batch`] reads into: equal slots of one buffer, each one byte
+/// longer than the largest `max_frame` (so that a datagram cut to the slot shows it was too
+/// long), and what arrived in them.
+pub struct RecvBatch {
+    buf: Vec<u8>,
+    slot: usize,
+    /// Sender and length of each slot filled by the last read.
+    filled: Vec<(SocketAddr, usize)>,
+    /// The listener of the last read, and its `max_frame`.
+    listener: usize,
+    limit: usize,
+}
+
+impl RecvBatch {
+    /// The datagrams of the last read, in arrival order.
+    pub fn datagrams(&self) -> impl Iterator<Item = Datagram<'_>> {
+        self.filled
+            .iter()
+            .zip(self.buf.chunks(self.slot))
+            .map(|(&(from, len), slot)| Datagram {
+                from,
+                listener: self.listener,
+                frame: if len > self.limit {
+                    Err(TooLong { limit: self.limit })
+                } else {
+                    Ok(&slot[..len])
+                },
+            })
+    }
 }
 
 /// All UDP listeners.
@@ -54,7 +110,7 @@ pub struct UdpTransport {
     track_peers: bool,
     /// Send failures (counted, not fatal).
     send_errors: u64,
-    /// The listener [`UdpTransport::try_recv`] tries first: each in turn, so that a busy one
+    /// The listener [`UdpTransport::recv_batch`] tries first: each in turn, so that a busy one
     /// cannot starve the others.
     next_read: usize,
 }
@@ -135,6 +191,7 @@ impl UdpTransport {
                 socket: Arc::new(socket),
                 broadcast: config.broadcast,
                 local,
+                max_frame: config.max_frame,
             });
         }
         let v4 = listeners.iter().filter(|l| l.local.is_ipv4()).count();
@@ -162,26 +219,50 @@ impl UdpTransport {
         .await
     }
 
-    /// Takes one datagram into `buf` without waiting: its length, sender and listener index,
-    /// or `None` when no listener has one now. The listeners are tried in turn. A datagram
-    /// larger than `buf` is cut to its size (the engine then finds it malformed); errors the
-    /// system reports on receiving (an ICMP port unreachable, say) are skipped.
-    pub fn try_recv(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr, usize)> {
+    /// A batch to read into, with slots for the longest `max_frame` of the listeners.
+    pub fn batch(&self) -> RecvBatch {
+        let longest = self
+            .listeners
+            .iter()
+            .map(|l| l.max_frame)
+            .max()
+            .unwrap_or(0);
+        let slot = longest + 1;
+        let slots = (BATCH_BYTES / slot).clamp(1, BATCH_SLOTS);
+        RecvBatch {
+            buf: vec![0; slot * slots],
+            slot,
+            filled: Vec::with_capacity(slots),
+            listener: 0,
+            limit: 0,
+        }
+    }
+
+    /// Reads what one listener has, up to a batch, without waiting; returns how many
+    /// datagrams arrived (see [`RecvBatch::datagrams`]), 0 when no listener has any now. The
+    /// listeners take turns, so a busy one cannot starve the others. Errors the system reports
+    /// on receiving (an ICMP port unreachable, say) are skipped.
+    pub fn recv_batch(&mut self, batch: &mut RecvBatch) -> usize {
+        batch.filled.clear();
         let n = self.listeners.len();
         for step in 0..n {
             let index = (self.next_read + step) % n;
+            let listener = &self.listeners[index];
             loop {
-                match self.listeners[index].socket.try_recv_from(buf) {
-                    Ok((len, from)) => {
+                match read_batch(&listener.socket, batch) {
+                    Ok(()) if batch.filled.is_empty() => break,
+                    Ok(()) => {
+                        batch.listener = index;
+                        batch.limit = listener.max_frame;
                         self.next_read = (index + 1) % n;
-                        return Some((len, from, index));
+                        return batch.filled.len();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => tracing::debug!(error = %e, "udp receive error"),
                 }
             }
         }
-        None
+        0
     }
 
     /// Datagrams that could not be sent (no listener for the peer's address family, or the
@@ -252,6 +333,64 @@ impl UdpTransport {
     }
 }
 
+/// Fills the batch's slots from `socket` with one `recvmmsg`.
+#[cfg(target_os = "linux")]
+fn read_batch(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<()> {
+    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let RecvBatch {
+        buf, slot, filled, ..
+    } = batch;
+    let fd = socket.as_raw_fd();
+    socket.try_io(tokio::io::Interest::READABLE, || {
+        // Made for each call: it holds raw pointers, so it cannot live in the batch, which
+        // the driver's future (sent between threads) holds across awaits.
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(buf.len() / *slot, None);
+        let mut slots: Vec<[IoSliceMut<'_>; 1]> = buf
+            .chunks_mut(*slot)
+            .map(|chunk| [IoSliceMut::new(chunk)])
+            .collect();
+        let received = recvmmsg(
+            fd,
+            &mut headers,
+            slots.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        for message in received {
+            // UDP always has a sender; an address of another family cannot occur.
+            if let Some(from) = message.address.and_then(|a| socket_addr(&a)) {
+                filled.push((from, message.bytes));
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn socket_addr(addr: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// Fills the batch's slots from `socket`, one datagram at a time (no `recvmmsg` here).
+#[cfg(not(target_os = "linux"))]
+fn read_batch(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<()> {
+    for chunk in batch.buf.chunks_mut(batch.slot) {
+        match socket.try_recv_from(chunk) {
+            Ok((len, from)) => batch.filled.push((from, len)),
+            Err(e) if batch.filled.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
 /// Sends without waiting when the socket has room (the usual case), else waits for room.
 async fn send(socket: &UdpSocket, to: SocketAddr, bytes: &[u8]) -> io::Result<usize> {
     match socket.try_send_to(bytes, to) {
@@ -273,8 +412,7 @@ mod tests {
     fn loopback() -> UdpConfig {
         UdpConfig {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            broadcast: None,
-            multicast_interface: None,
+            ..UdpConfig::default()
         }
     }
 
@@ -299,15 +437,17 @@ mod tests {
         {
             device.send_to(frame, addrs[i % 2]).unwrap();
         }
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut batch = udp.batch();
         let mut got = Vec::new();
         while got.len() < 3 {
             tokio::time::timeout(PATIENCE, udp.readable())
                 .await
                 .unwrap();
-            while let Some((len, from, listener)) = udp.try_recv(&mut buf) {
-                assert_eq!(from, device.local_addr().unwrap());
-                got.push((listener, buf[..len].to_vec()));
+            while udp.recv_batch(&mut batch) > 0 {
+                for d in batch.datagrams() {
+                    assert_eq!(d.from, device.local_addr().unwrap());
+                    got.push((d.listener, d.frame.unwrap().to_vec()));
+                }
             }
         }
         got.sort();
@@ -319,7 +459,7 @@ mod tests {
                 (1, vec![0x02, 0x17])
             ]
         );
-        assert!(udp.try_recv(&mut buf).is_none(), "nothing more");
+        assert_eq!(udp.recv_batch(&mut batch), 0, "nothing more");
     }
 
     #[tokio::test]

@@ -88,11 +88,13 @@ advertise = false
 bind = "127.0.0.1:11884"
 broadcast = "224.0.0.1:1884"
 multicast_interface = 2
+max_frame = 600
 
 [[udp]]
 bind = "[::1]:1884"
 broadcast = "[ff02::1]:1884"
 multicast_interface = "lo"
+max_frame = 65535
 
 [[serial]]
 port = "/dev/ttyS0"
@@ -187,11 +189,13 @@ fn full_config() -> Config {
                 bind: addr("127.0.0.1:11884"),
                 broadcast: Some(addr("224.0.0.1:1884")),
                 multicast_interface: Some(MulticastInterface::Index(2)),
+                max_frame: 600,
             },
             UdpConfig {
                 bind: addr("[::1]:1884"),
                 broadcast: Some(addr("[ff02::1]:1884")),
                 multicast_interface: Some(MulticastInterface::Name("lo".into())),
+                max_frame: 65535,
             },
         ],
         serial: vec![
@@ -289,6 +293,7 @@ fn shipped_example_loads_with_its_documented_values() {
             bind: addr("0.0.0.0:1884"),
             broadcast: Some(addr("255.255.255.255:1884")),
             multicast_interface: None,
+            max_frame: 4096,
         }]
     );
     assert_eq!(config.udp[0].bind.port(), 1884);
@@ -343,6 +348,7 @@ fn shipped_example_loads_with_every_optional_setting_uncommented() {
             bind: addr("[::]:1884"),
             broadcast: Some(addr("[ff02::1]:1884")),
             multicast_interface: Some(MulticastInterface::Name("eth0".into())),
+            max_frame: 1500,
         }
     );
     assert_eq!(

@@ -98,10 +98,11 @@ async fn stalled_broker_flood(mode: &str) {
 
     let steady_data = |i: u16| format!("steady {i} {}", "s".repeat(200));
     broker.pause();
-    let payload = vec![0x46u8; 8000];
+    // Under the default udp.max_frame (4096).
+    let payload = vec![0x46u8; 4000];
     let started = Instant::now();
     let mut steady_sent = 0u16;
-    // Two seconds of flood at its budget (16 MB: far more than the socket buffers and the
+    // Two seconds of flood at its budget (8 MB: far more than the socket buffers and the
     // queue hold), with a QoS 1 message from the steady device every 200 ms.
     while started.elapsed() < Duration::from_secs(2) {
         for _ in 0..20 {
@@ -471,5 +472,54 @@ async fn a_huge_retained_message_is_skipped_without_a_reconnect() {
         1,
         "the shared connection flapped"
     );
+    gw.stop().await;
+}
+
+/// A datagram longer than its listener's `udp.max_frame` is dropped unread and counted; one at
+/// the limit is served, and the device is not otherwise affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datagram_over_max_frame_is_dropped_and_counted() {
+    use crate::support::device::{connect, Device};
+    use crate::support::mosquitto::Mosquitto;
+    use crate::support::mqtt::Client;
+    use mqttsn_gateway::codec::{Message, PubAck, QoS, ReturnCode};
+
+    let broker = Mosquitto::start();
+    let mut watcher = Client::connect(broker.port(), "watcher").await;
+    watcher.subscribe("big/#", rumqttc::QoS::AtLeastOnce).await;
+    let config = Config::from_toml_str(
+        &format!(
+            "[[udp]]\nbind = \"127.0.0.1:0\"\nmax_frame = 600\n[upstream]\nurl = \"{}\"\n",
+            broker.url()
+        ),
+        "test",
+    )
+    .unwrap();
+    let gw = driver::start(config).await.unwrap();
+    let device = Device::new(gw.udp_addrs()[0]).await;
+    connect(&device, "big", 60, false).await;
+    let topic = device.register("big/t", 1).await;
+    // A PUBLISH this long has a 3-octet length, then type, flags, topic id and MsgId: 9 octets
+    // before the data. 601 octets in all: over the limit, so no PUBACK, and nothing upstream.
+    device.publish(topic, QoS::One, 2, &[b'x'; 592]).await;
+    // 600 octets: at the limit, served. Datagrams are read in order, so the first answer
+    // would be the PUBACK of MsgId 2 if that one had been taken.
+    device.publish(topic, QoS::One, 3, &[b'y'; 591]).await;
+    let reply = device.recv().await;
+    assert!(
+        matches!(
+            Message::decode(&reply),
+            Ok(Message::PubAck(PubAck {
+                msg_id: 3,
+                return_code: ReturnCode::Accepted,
+                ..
+            }))
+        ),
+        "{reply:?}"
+    );
+    let seen = watcher.next().await;
+    assert_eq!((seen.topic.as_str(), seen.payload.len()), ("big/t", 591));
+    let counters = gw.counters().await.unwrap();
+    assert_eq!(counters.frames_too_long, 1, "{counters:?}");
     gw.stop().await;
 }

@@ -60,6 +60,9 @@ pub struct Counters {
     /// Broker messages too large for any device (over the session's size limit), dropped
     /// without dropping the broker connection.
     pub too_large_dropped: u64,
+    /// Datagrams dropped unread for being longer than their transport accepts
+    /// (`udp.max_frame`); also counted in `frames_dropped`.
+    pub frames_too_long: u64,
     /// Frames dropped before decoding because their sender (a device, or an address without a
     /// session) went over its frame budget (`limits.frame_rate`, `limits.frame_burst`).
     pub frames_over_budget: u64,
@@ -221,6 +224,18 @@ impl Gateway {
             Ok(message) => self.on_message(now, peer, message, bytes.len()),
             Err(e) => self.on_undecodable(peer, inner, e),
         }
+    }
+
+    /// A datagram longer than its transport accepts (`udp.max_frame`) arrived from `from`: it
+    /// is counted and dropped unread.
+    pub fn handle_too_long(&mut self, now: Instant, from: PeerAddr, limit: usize) {
+        self.now = self.now.max(now);
+        self.counters.frames_in += 1;
+        self.counters.frames_too_long += 1;
+        self.drop_frame(
+            from,
+            format!("longer than the transport's limit of {limit} bytes"),
+        );
     }
 
     /// Something happened on upstream connection `conn`.
