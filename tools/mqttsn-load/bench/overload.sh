@@ -9,6 +9,8 @@
 #               (the gateway with limits.frame_rate and limits.publish_rate = 0: a lock-step
 #               device exceeds the default per-device budgets of 5000 frames/s and 2000 msg/s,
 #               and this measures the path, not the budgets)
+# FLOOD_CPUS and REST_CPUS (taskset CPU lists, e.g. 1 and 0) run the fairness flooder apart
+# from the broker, the gateway and the other devices, as it would be on a machine of its own.
 # Writes one JSON file per run into $OUT (default bench-out/), then draws the plots with plot.py.
 # Usage: tools/mqttsn-load/bench/overload.sh [OUT [SECTION...]]
 #   (after cargo build --release -p mqttsn-gateway -p mqttsn-load); SECTIONs are the names above,
@@ -25,6 +27,8 @@ LOAD=target/release/mqttsn-load
 BROKER_PORT=18830
 GW_PORT=18840
 ulimit -n 20000 || true
+PIN_FLOOD=${FLOOD_CPUS:+taskset -c $FLOOD_CPUS}
+PIN_REST=${REST_CPUS:+taskset -c $REST_CPUS}
 
 cat > "$OUT/mosquitto.conf" <<CONF
 listener $BROKER_PORT 127.0.0.1
@@ -40,13 +44,13 @@ cleanup() { kill "${GW_PID:-}" "${MOSQ_PID:-}" 2>/dev/null || true; wait 2>/dev/
 trap cleanup EXIT
 
 start_broker() {
-  /usr/sbin/mosquitto -c "$OUT/mosquitto.conf" & MOSQ_PID=$!
+  $PIN_REST /usr/sbin/mosquitto -c "$OUT/mosquitto.conf" & MOSQ_PID=$!
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$BROKER_PORT) 2>/dev/null && return; sleep 0.05; done
   echo "mosquitto did not start" >&2; exit 1
 }
 start_gateway() {
   RUST_LOG="warn,mqttsn_gateway::transport::upstream=info" \
-    "$GW" run ${GW_CONFIG:+--config "$GW_CONFIG"} --udp 127.0.0.1:$GW_PORT --broker mqtt://127.0.0.1:$BROKER_PORT --mode aggregating \
+    $PIN_REST "$GW" run ${GW_CONFIG:+--config "$GW_CONFIG"} --udp 127.0.0.1:$GW_PORT --broker mqtt://127.0.0.1:$BROKER_PORT --mode aggregating \
     >> "$OUT/gateway.log" 2>&1 & GW_PID=$!
   for _ in $(seq 100); do grep -q "broker connected" "$OUT/gateway.log" 2>/dev/null && return; sleep 0.05; done
   echo "the gateway did not connect" >&2; exit 1
@@ -81,16 +85,16 @@ if want fairness; then
 echo "== fairness: 100 QoS 1 devices at 10 msg/s each, alone"
 restart_gateway
 OBS="--gateway-pid $GW_PID --broker-pid $MOSQ_PID"
-$LOAD -q --json "$OUT/fair-alone.json" publish --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
+$PIN_REST $LOAD -q --json "$OUT/fair-alone.json" publish --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
   --devices 100 --qos 1 --window 1 --rate 1000 --duration 10 $OBS | grep summary
 echo "== fairness: the same beside one device flooding QoS 0 as fast as it can"
 restart_gateway
 OBS="--gateway-pid $GW_PID --broker-pid $MOSQ_PID"
-$LOAD -q --json "$OUT/fair-flood.json" publish --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
+$PIN_FLOOD $LOAD -q --json "$OUT/fair-flood.json" publish --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
   --devices 1 --qos 0 --duration 14 $OBS > "$OUT/fair-flood.txt" &
 FLOOD=$!
 sleep 2
-$LOAD -q --json "$OUT/fair-steady.json" publish --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
+$PIN_REST $LOAD -q --json "$OUT/fair-steady.json" publish --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
   --devices 100 --qos 1 --window 1 --rate 1000 --duration 10 $OBS | grep summary
 wait $FLOOD
 grep summary "$OUT/fair-flood.txt"
