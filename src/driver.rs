@@ -138,7 +138,9 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     }
     let settings = UpstreamSettings::from_config(&config.upstream)?;
     let (trigger, shutdown) = shutdown::channel();
-    let udp = UdpTransport::bind(&config.udp)?;
+    // A peer table entry per session at most is plenty: devices without a session send
+    // little that needs an answer from the right socket.
+    let udp = UdpTransport::bind(&config.udp, config.gateway.max_clients)?;
     let addrs = udp.local_addrs();
     for addr in &addrs {
         tracing::info!(%addr, "listening for MQTT-SN over UDP");
@@ -430,7 +432,11 @@ async fn shut_down(
     for (port, stats) in serial.stats() {
         tracing::info!(%port, ?stats, "serial port totals");
     }
-    tracing::info!(send_errors = udp.send_errors(), "udp totals");
+    tracing::info!(
+        send_errors = udp.send_errors(),
+        peers_forgotten = udp.peers_forgotten(),
+        "udp totals"
+    );
     // The transport holds the only handles on the sockets: the ports are free from here on.
     drop(udp);
     tracing::info!(counters = ?engine.counters(), "gateway stopped");
@@ -531,6 +537,12 @@ fn log_event(event: Event) {
             size,
             total,
             "broker message too large for any device; dropped (the connection goes on)"
+        ),
+        Event::FrameTooLong { peer, limit, total } => tracing::warn!(
+            %peer,
+            limit,
+            total,
+            "datagram longer than udp.max_frame dropped unread (reported at the 1st, 2nd, 4th, ...)"
         ),
         Event::Overload {
             frames_over_budget,

@@ -70,44 +70,46 @@ pub struct Datagram<'a> {
     pub frame: Result<&'a [u8], TooLong>,
 }
 
-/// What [`UdpTransport::recv_batch`] reads into: equal slots of one buffer, each one byte
-/// longer than the largest `max_frame` (so that a datagram cut to the slot shows it was too
-/// long), and what arrived in them.
+/// What [`UdpTransport::recv_batch`] reads into: one buffer, cut for each read into equal
+/// slots one byte longer than the listener's `max_frame` (so that a datagram cut to its slot
+/// shows it was too long), and what arrived in them.
 pub struct RecvBatch {
     buf: Vec<u8>,
-    slot: usize,
-    /// Sender and length of each slot filled by the last read.
-    filled: Vec<(SocketAddr, usize)>,
     /// The listener of the last read, and its `max_frame`.
     listener: usize,
     limit: usize,
+    /// Slot, sender and length of each datagram of the last read.
+    filled: Vec<(usize, SocketAddr, usize)>,
 }
 
 impl RecvBatch {
     /// The datagrams of the last read, in arrival order.
     pub fn datagrams(&self) -> impl Iterator<Item = Datagram<'_>> {
-        self.filled
-            .iter()
-            .zip(self.buf.chunks(self.slot))
-            .map(|(&(from, len), slot)| Datagram {
-                from,
-                listener: self.listener,
-                frame: if len > self.limit {
-                    Err(TooLong { limit: self.limit })
-                } else {
-                    Ok(&slot[..len])
-                },
-            })
+        let slot = self.limit + 1;
+        self.filled.iter().map(move |&(index, from, len)| Datagram {
+            from,
+            listener: self.listener,
+            frame: match self.buf.get(index * slot..index * slot + len) {
+                Some(bytes) if len <= self.limit => Ok(bytes),
+                _ => Err(TooLong { limit: self.limit }),
+            },
+        })
     }
 }
 
 /// All UDP listeners.
 pub struct UdpTransport {
     listeners: Vec<Listener>,
-    /// Which listener last heard from a peer; only tracked when several listeners share an
-    /// address family, so a reply leaves from the socket the device talks to.
+    /// Which listener last heard from a peer, where that is not the first listener of its
+    /// address family, so that a reply leaves from the socket the device talks to. Only kept
+    /// when several listeners share a family, and for at most `max_peers` addresses (a full
+    /// table forgets one to make room: that peer's replies leave from the first listener until
+    /// it is heard again).
     last_listener: HashMap<SocketAddr, usize>,
     track_peers: bool,
+    max_peers: usize,
+    /// Peers forgotten to make room in `last_listener`.
+    peers_forgotten: u64,
     /// Send failures (counted, not fatal).
     send_errors: u64,
     /// The listener [`UdpTransport::recv_batch`] tries first: each in turn, so that a busy one
@@ -176,9 +178,9 @@ fn open(config: &UdpConfig) -> Result<std::net::UdpSocket, UdpError> {
 }
 
 impl UdpTransport {
-    /// Binds every listener and starts a reader task for each, feeding `datagrams` until
-    /// `shutdown` fires. Must be called within a tokio runtime.
-    pub fn bind(configs: &[UdpConfig]) -> Result<Self, UdpError> {
+    /// Binds every listener; remembers which listener talks to a peer for up to `max_peers`
+    /// peers. Must be called within a tokio runtime.
+    pub fn bind(configs: &[UdpConfig], max_peers: usize) -> Result<Self, UdpError> {
         let mut listeners = Vec::with_capacity(configs.len());
         for config in configs {
             let std_socket = open(config)?;
@@ -200,6 +202,8 @@ impl UdpTransport {
             listeners,
             last_listener: HashMap::new(),
             track_peers,
+            max_peers,
+            peers_forgotten: 0,
             send_errors: 0,
             next_read: 0,
         })
@@ -219,41 +223,40 @@ impl UdpTransport {
         .await
     }
 
-    /// A batch to read into, with slots for the longest `max_frame` of the listeners.
+    /// A batch to read into: [`BATCH_BYTES`], or one slot of the longest `max_frame` if that
+    /// is more.
     pub fn batch(&self) -> RecvBatch {
         let longest = self
             .listeners
             .iter()
-            .map(|l| l.max_frame)
+            .map(|l| l.max_frame + 1)
             .max()
             .unwrap_or(0);
-        let slot = longest + 1;
-        let slots = (BATCH_BYTES / slot).clamp(1, BATCH_SLOTS);
         RecvBatch {
-            buf: vec![0; slot * slots],
-            slot,
-            filled: Vec::with_capacity(slots),
+            buf: vec![0; longest.max(BATCH_BYTES)],
             listener: 0,
             limit: 0,
+            filled: Vec::with_capacity(BATCH_SLOTS),
         }
     }
 
     /// Reads what one listener has, up to a batch, without waiting; returns how many
     /// datagrams arrived (see [`RecvBatch::datagrams`]), 0 when no listener has any now. The
     /// listeners take turns, so a busy one cannot starve the others. Errors the system reports
-    /// on receiving (an ICMP port unreachable, say) are skipped.
+    /// on receiving (an ICMP port unreachable, say) are skipped, a few at most per listener
+    /// and call, so that one that keeps coming cannot hold the loop.
     pub fn recv_batch(&mut self, batch: &mut RecvBatch) -> usize {
         batch.filled.clear();
         let n = self.listeners.len();
         for step in 0..n {
             let index = (self.next_read + step) % n;
             let listener = &self.listeners[index];
-            loop {
+            batch.listener = index;
+            batch.limit = listener.max_frame;
+            for _ in 0..BATCH_SLOTS {
                 match read_batch(&listener.socket, batch) {
                     Ok(()) if batch.filled.is_empty() => break,
                     Ok(()) => {
-                        batch.listener = index;
-                        batch.limit = listener.max_frame;
                         self.next_read = (index + 1) % n;
                         return batch.filled.len();
                     }
@@ -263,6 +266,11 @@ impl UdpTransport {
             }
         }
         0
+    }
+
+    /// Peers forgotten to make room in the table of which listener talks to whom.
+    pub fn peers_forgotten(&self) -> u64 {
+        self.peers_forgotten
     }
 
     /// Datagrams that could not be sent (no listener for the peer's address family, or the
@@ -283,18 +291,37 @@ impl UdpTransport {
 
     /// Notes which listener a peer talks to (call for every received datagram).
     pub fn heard(&mut self, listener: usize, from: SocketAddr) {
-        if self.track_peers {
-            self.last_listener.insert(from, listener);
+        if !self.track_peers {
+            return;
         }
+        if Some(listener) == self.first_listener(from) {
+            // The default: nothing to remember.
+            self.last_listener.remove(&from);
+            return;
+        }
+        if self.last_listener.len() >= self.max_peers && !self.last_listener.contains_key(&from) {
+            let Some(&forget) = self.last_listener.keys().next() else {
+                return; // max_peers is 0: remember nobody
+            };
+            self.last_listener.remove(&forget);
+            self.peers_forgotten += 1;
+        }
+        self.last_listener.insert(from, listener);
+    }
+
+    /// The first listener of `to`'s address family.
+    fn first_listener(&self, to: SocketAddr) -> Option<usize> {
+        self.listeners
+            .iter()
+            .position(|l| l.local.is_ipv4() == to.is_ipv4())
     }
 
     fn listener_for(&self, to: SocketAddr) -> Option<&Listener> {
-        if let Some(&i) = self.last_listener.get(&to) {
-            return self.listeners.get(i);
-        }
-        self.listeners
-            .iter()
-            .find(|l| l.local.is_ipv4() == to.is_ipv4())
+        let index = match self.last_listener.get(&to) {
+            Some(&i) => Some(i),
+            None => self.first_listener(to),
+        };
+        index.and_then(|i| self.listeners.get(i))
     }
 
     /// Sends a frame to one device.
@@ -340,15 +367,18 @@ fn read_batch(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<()> {
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
     let RecvBatch {
-        buf, slot, filled, ..
+        buf, filled, limit, ..
     } = batch;
+    let slot = *limit + 1;
     let fd = socket.as_raw_fd();
     socket.try_io(tokio::io::Interest::READABLE, || {
         // Made for each call: it holds raw pointers, so it cannot live in the batch, which
         // the driver's future (sent between threads) holds across awaits.
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(buf.len() / *slot, None);
+        let count = (buf.len() / slot).min(BATCH_SLOTS);
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(count, None);
         let mut slots: Vec<[IoSliceMut<'_>; 1]> = buf
-            .chunks_mut(*slot)
+            .chunks_exact_mut(slot)
+            .take(count)
             .map(|chunk| [IoSliceMut::new(chunk)])
             .collect();
         let received = recvmmsg(
@@ -359,10 +389,10 @@ fn read_batch(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<()> {
             None,
         )
         .map_err(io::Error::from)?;
-        for message in received {
+        for (index, message) in received.enumerate() {
             // UDP always has a sender; an address of another family cannot occur.
             if let Some(from) = message.address.and_then(|a| socket_addr(&a)) {
-                filled.push((from, message.bytes));
+                filled.push((index, from, message.bytes));
             }
         }
         Ok(())
@@ -381,9 +411,11 @@ fn socket_addr(addr: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
 /// Fills the batch's slots from `socket`, one datagram at a time (no `recvmmsg` here).
 #[cfg(not(target_os = "linux"))]
 fn read_batch(socket: &UdpSocket, batch: &mut RecvBatch) -> io::Result<()> {
-    for chunk in batch.buf.chunks_mut(batch.slot) {
+    let slot = batch.limit + 1;
+    let chunks = batch.buf.chunks_exact_mut(slot).take(BATCH_SLOTS);
+    for (index, chunk) in chunks.enumerate() {
         match socket.try_recv_from(chunk) {
-            Ok((len, from)) => batch.filled.push((from, len)),
+            Ok((len, from)) => batch.filled.push((index, from, len)),
             Err(e) if batch.filled.is_empty() => return Err(e),
             Err(_) => break,
         }
@@ -418,7 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_with_no_listener_for_the_address_family_is_counted() {
-        let mut udp = UdpTransport::bind(&[loopback()]).unwrap();
+        let mut udp = UdpTransport::bind(&[loopback()], 100).unwrap();
         udp.send_to("[::1]:1884".parse().unwrap(), &[0x02, 0x16])
             .await;
         assert_eq!(udp.send_errors(), 1);
@@ -428,7 +460,7 @@ mod tests {
     /// is not read stays in the kernel.
     #[tokio::test]
     async fn datagrams_are_taken_in_turn_from_every_listener() {
-        let mut udp = UdpTransport::bind(&[loopback(), loopback()]).unwrap();
+        let mut udp = UdpTransport::bind(&[loopback(), loopback()], 100).unwrap();
         let addrs = udp.local_addrs();
         let device = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for (i, frame) in [[0x02, 0x16], [0x02, 0x17], [0x02, 0x18]]
@@ -462,9 +494,120 @@ mod tests {
         assert_eq!(udp.recv_batch(&mut batch), 0, "nothing more");
     }
 
+    /// Reads everything that is sent (`count` datagrams).
+    async fn read_all(
+        udp: &mut UdpTransport,
+        count: usize,
+    ) -> Vec<(SocketAddr, usize, Result<Vec<u8>, TooLong>)> {
+        let mut batch = udp.batch();
+        let mut got = Vec::new();
+        while got.len() < count {
+            tokio::time::timeout(PATIENCE, udp.readable())
+                .await
+                .unwrap();
+            while udp.recv_batch(&mut batch) > 0 {
+                for d in batch.datagrams() {
+                    got.push((d.from, d.listener, d.frame.map(<[u8]>::to_vec)));
+                }
+            }
+        }
+        got
+    }
+
+    /// Each listener has its own `max_frame`: a datagram over it is reported too long (never
+    /// taken as a frame cut short), one at it is taken whole, and in a batch of several
+    /// senders each datagram keeps its own sender.
+    #[tokio::test]
+    async fn each_listener_takes_datagrams_up_to_its_own_max_frame() {
+        let small = UdpConfig {
+            max_frame: 100,
+            ..loopback()
+        };
+        let mut udp = UdpTransport::bind(&[small, loopback()], 100).unwrap();
+        let addrs = udp.local_addrs();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.send_to(&[1; 101], addrs[0]).unwrap();
+        b.send_to(&[2; 100], addrs[0]).unwrap();
+        a.send_to(&[3; 100], addrs[0]).unwrap();
+        b.send_to(&[4; 4096], addrs[1]).unwrap();
+        a.send_to(&[5; 4097], addrs[1]).unwrap();
+        let got = read_all(&mut udp, 5).await;
+        let (a, b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut on_first: Vec<_> = got.iter().filter(|d| d.1 == 0).cloned().collect();
+        let mut on_second: Vec<_> = got.iter().filter(|d| d.1 == 1).cloned().collect();
+        on_first.sort_by_key(|d| d.2.clone().map(|v| v[0]).unwrap_or(0));
+        on_second.sort_by_key(|d| d.2.clone().map(|v| v[0]).unwrap_or(0));
+        assert_eq!(
+            on_first,
+            [
+                (a, 0, Err(TooLong { limit: 100 })),
+                (b, 0, Ok(vec![2; 100])),
+                (a, 0, Ok(vec![3; 100])),
+            ]
+        );
+        assert_eq!(
+            on_second,
+            [
+                (a, 1, Err(TooLong { limit: 4096 })),
+                (b, 1, Ok(vec![4; 4096])),
+            ]
+        );
+    }
+
+    /// IPv6 senders come with their addresses, beside IPv4 ones on another listener.
+    #[tokio::test]
+    async fn ipv6_datagrams_come_with_their_sender() {
+        let v6 = UdpConfig {
+            bind: "[::1]:0".parse().unwrap(),
+            ..UdpConfig::default()
+        };
+        let Ok(device6) = std::net::UdpSocket::bind("[::1]:0") else {
+            eprintln!("no IPv6 loopback on this machine: not tested");
+            return;
+        };
+        let mut udp = UdpTransport::bind(&[loopback(), v6], 100).unwrap();
+        let addrs = udp.local_addrs();
+        let device4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        device6.send_to(&[0x02, 0x16], addrs[1]).unwrap();
+        device4.send_to(&[0x02, 0x17], addrs[0]).unwrap();
+        let mut got = read_all(&mut udp, 2).await;
+        got.sort_by_key(|d| d.1);
+        assert_eq!(
+            got,
+            [
+                (device4.local_addr().unwrap(), 0, Ok(vec![0x02, 0x17])),
+                (device6.local_addr().unwrap(), 1, Ok(vec![0x02, 0x16])),
+            ]
+        );
+    }
+
+    /// The table of which listener talks to whom holds at most `max_peers` addresses, and
+    /// none for peers of the first listener (the default).
+    #[tokio::test]
+    async fn the_peer_table_is_bounded() {
+        let mut udp = UdpTransport::bind(&[loopback(), loopback()], 2).unwrap();
+        let peers: Vec<SocketAddr> = (1..=3)
+            .map(|i| SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000 + i)))
+            .collect();
+        for &peer in &peers {
+            udp.heard(1, peer);
+        }
+        assert_eq!(udp.last_listener.len(), 2);
+        assert_eq!(udp.peers_forgotten(), 1);
+        assert_eq!(
+            udp.local_for(peers[2]),
+            Some(udp.local_addrs()[1]),
+            "the newest is kept"
+        );
+        udp.heard(0, peers[2]);
+        assert_eq!(udp.last_listener.len(), 1, "back on the default listener");
+        assert_eq!(udp.local_for(peers[2]), Some(udp.local_addrs()[0]));
+    }
+
     #[tokio::test]
     async fn dropping_the_transport_frees_the_port() {
-        let udp = UdpTransport::bind(&[loopback()]).unwrap();
+        let udp = UdpTransport::bind(&[loopback()], 100).unwrap();
         let addr = udp.local_addrs()[0];
         drop(udp);
         std::net::UdpSocket::bind(addr).unwrap();

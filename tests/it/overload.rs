@@ -102,10 +102,10 @@ async fn stalled_broker_flood(mode: &str) {
     let payload = vec![0x46u8; 4000];
     let started = Instant::now();
     let mut steady_sent = 0u16;
-    // Two seconds of flood at its budget (8 MB: far more than the socket buffers and the
+    // Two seconds of flood at its budget (16 MB: far more than the socket buffers and the
     // queue hold), with a QoS 1 message from the steady device every 200 ms.
     while started.elapsed() < Duration::from_secs(2) {
-        for _ in 0..20 {
+        for _ in 0..40 {
             flooder.publish(flood_topic, QoS::Zero, 0, &payload).await;
         }
         if started.elapsed() >= Duration::from_millis(200 * u64::from(steady_sent)) {

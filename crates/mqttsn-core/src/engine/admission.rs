@@ -85,11 +85,16 @@ impl Budget {
 }
 
 /// Address slots of the budgets of senders without a session.
-const ADDRESS_SLOTS: usize = 1024;
+const ADDRESS_SLOTS: usize = 2048;
 
-/// Budgets of senders without a session, by address, in a fixed number of slots picked by a
-/// seeded hash: the table never grows, however many addresses a flood uses, and nobody can aim
-/// at a given device's slot. Allocated at first use.
+/// Budgets of senders without a session, by address, in a fixed number of slots: the table
+/// never grows, however many addresses a flood uses. Each address has two slots, picked by
+/// seeded hashes (nobody can aim at a given device's slots), and its budget is the less spent
+/// of the two; what it takes is charged to both (as a count-min sketch counts). Sharing a slot
+/// with someone else can only make an address's budget look more spent, never less, and a flood
+/// from k addresses (each draining its two slots) blocks a device only if both of the device's
+/// slots are among the drained: about (2k/2048)^2 of the devices instead of k/2048 with one slot
+/// each. Allocated at first use.
 #[derive(Debug, Default)]
 pub(super) struct AddressBudgets(Option<Box<[Budget]>>);
 
@@ -99,28 +104,41 @@ impl AddressBudgets {
             .get_or_insert_with(|| vec![Budget::default(); ADDRESS_SLOTS].into_boxed_slice())
     }
 
-    fn slot(seed: &HashSeed, from: PeerAddr) -> usize {
-        (seed.hash_one(from) as usize) % ADDRESS_SLOTS
+    /// The two slots of `from`. The tags keep these hashes apart from those of the gateway's
+    /// maps, which use the same seed.
+    fn pair(seed: &HashSeed, from: PeerAddr) -> [usize; 2] {
+        [
+            (seed.hash_one(("budget-a", from)) as usize) % ADDRESS_SLOTS,
+            (seed.hash_one(("budget-b", from)) as usize) % ADDRESS_SLOTS,
+        ]
     }
 
-    /// The budget of `from`'s slot.
+    /// The budget of `from`: the less spent of its slots.
     fn peek(&self, seed: &HashSeed, from: PeerAddr) -> Budget {
+        let [a, b] = Self::pair(seed, from);
         self.0
             .as_ref()
-            .map_or(Budget::default(), |slots| slots[Self::slot(seed, from)])
+            .map_or(Budget::default(), |slots| slots[a].min(slots[b]))
     }
 
-    /// Hands the budget of a session that ends back to its address's slot, so that a flood
-    /// of CONNECTs and DISCONNECTs from one address meets the address's budget.
-    pub(super) fn remember(&mut self, seed: &HashSeed, from: PeerAddr, budget: Budget) {
-        if budget == Budget::default() {
-            return;
+    /// Makes both of `from`'s slots at least as spent as `budget`.
+    fn charge(&mut self, seed: &HashSeed, from: PeerAddr, budget: Budget) {
+        let pair = Self::pair(seed, from);
+        let slots = self.slots();
+        for i in pair {
+            slots[i] = slots[i].later(budget);
         }
-        let slot = &mut self.slots()[Self::slot(seed, from)];
-        *slot = slot.later(budget);
     }
 
-    /// Takes one from the budget of `from`'s slot, if it has it.
+    /// Hands the budget of a session that ends (or moves away) back to its address, so that
+    /// a flood of CONNECTs and DISCONNECTs from one address meets the address's budget.
+    pub(super) fn remember(&mut self, seed: &HashSeed, from: PeerAddr, budget: Budget) {
+        if budget != Budget::default() {
+            self.charge(seed, from, budget);
+        }
+    }
+
+    /// Takes one from `from`'s budget, if it has it.
     fn take(
         &mut self,
         seed: &HashSeed,
@@ -131,7 +149,12 @@ impl AddressBudgets {
         if limits.costs().is_none() {
             return true;
         }
-        self.slots()[Self::slot(seed, from)].take(now, limits)
+        let mut budget = self.peek(seed, from);
+        let fits = budget.take(now, limits);
+        if fits {
+            self.charge(seed, from, budget);
+        }
+        fits
     }
 }
 
@@ -252,10 +275,9 @@ impl Gateway {
     pub(super) fn within_frame_budget(&mut self, peer: PeerAddr) -> bool {
         let now = self.now;
         let limits = self.settings.limits.frames;
-        let fits = match self.by_peer.get(&peer).copied() {
-            Some(key) => self
-                .client_mut(key)
-                .is_none_or(|c| c.frame_budget.take(now, &limits)),
+        let session = self.by_peer.get(&peer).copied();
+        let fits = match session.and_then(|key| self.client_mut(key)) {
+            Some(client) => client.frame_budget.take(now, &limits),
             None => {
                 let seed = self.settings.hash_seed;
                 self.sessionless_frames.take(&seed, peer, now, &limits)
@@ -328,6 +350,55 @@ mod tests {
 
     fn ms(ms: u64) -> Instant {
         Instant::from_millis(ms)
+    }
+
+    fn addr(i: u32) -> PeerAddr {
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        PeerAddr::udp(std::net::SocketAddr::from((ip, 5000)))
+    }
+
+    /// An address gets its own budget and no more, whichever of its two slots it draws on.
+    #[test]
+    fn an_address_gets_one_budget_from_its_two_slots() {
+        let seed = HashSeed(3, 4);
+        let mut budgets = AddressBudgets::default();
+        let t = ms(1_000);
+        let taken = (0..10)
+            .filter(|_| budgets.take(&seed, addr(1), t, &LIMITS))
+            .count();
+        assert_eq!(taken, 3, "one burst");
+        assert!(budgets.take(&seed, addr(2), t, &LIMITS), "another address");
+        assert!(budgets.take(&seed, addr(1), ms(1_100), &LIMITS), "refilled");
+    }
+
+    /// An address that shares one slot with a flooder still gets its whole budget: only an
+    /// address whose two slots are both drained is held back.
+    #[test]
+    fn sharing_one_slot_with_a_flooder_costs_nothing() {
+        let seed = HashSeed(3, 4);
+        let flooder = addr(0);
+        let flooder_slots = AddressBudgets::pair(&seed, flooder);
+        let neighbour = (1..1_000_000)
+            .map(addr)
+            .find(|&a| {
+                let slots = AddressBudgets::pair(&seed, a);
+                let shared = slots.iter().filter(|s| flooder_slots.contains(s)).count();
+                shared == 1
+            })
+            .expect("an address with one slot in common");
+        let mut budgets = AddressBudgets::default();
+        let t = ms(1_000);
+        for _ in 0..1000 {
+            budgets.take(&seed, flooder, t, &LIMITS);
+        }
+        assert!(
+            !budgets.take(&seed, flooder, t, &LIMITS),
+            "the flooder is held"
+        );
+        let taken = (0..3)
+            .filter(|_| budgets.take(&seed, neighbour, t, &LIMITS))
+            .count();
+        assert_eq!(taken, 3, "the neighbour's whole burst");
     }
 
     #[test]

@@ -328,9 +328,14 @@ impl Gateway {
             // A new address has to show again that it receives.
             client.verified = false;
             client.credit = 0;
-            client.frame_budget = client.frame_budget.later(there);
+            // The frame budget belongs to the addresses: the new one's is taken over, and the
+            // old one keeps what it spent.
+            let spent = client.frame_budget;
+            client.frame_budget = spent.later(there);
             if self.by_peer.get(&old) == Some(&key) {
                 self.by_peer.remove(&old);
+                let seed = self.settings.hash_seed;
+                self.sessionless_frames.remember(&seed, old, spent);
             }
             self.by_peer.insert(peer, key);
         }

@@ -203,6 +203,11 @@ impl Gateway {
     pub fn handle_frame(&mut self, now: Instant, from: PeerAddr, bytes: &[u8]) {
         self.now = self.now.max(now);
         self.counters.frames_in += 1;
+        // The sender on the link first: a forwarder counts as one sender for all its nodes
+        // too, so that it cannot multiply its budget by inventing node ids.
+        if !self.within_frame_budget(from) {
+            return;
+        }
         let (forwarder, inner) = match Frame::unwrap(bytes) {
             Ok(split) => split,
             Err(e) => return self.drop_frame(from, e.to_string()),
@@ -217,7 +222,7 @@ impl Gateway {
                 None => return self.drop_frame(from, "forwarder node id too long".into()),
             },
         };
-        if !self.within_frame_budget(peer) {
+        if peer != from && !self.within_frame_budget(peer) {
             return;
         }
         match Message::decode_with(inner, &self.settings.decode) {
@@ -231,11 +236,22 @@ impl Gateway {
     pub fn handle_too_long(&mut self, now: Instant, from: PeerAddr, limit: usize) {
         self.now = self.now.max(now);
         self.counters.frames_in += 1;
+        if !self.within_frame_budget(from) {
+            return;
+        }
         self.counters.frames_too_long += 1;
-        self.drop_frame(
-            from,
-            format!("longer than the transport's limit of {limit} bytes"),
-        );
+        self.counters.frames_dropped += 1;
+        let total = self.counters.frames_too_long;
+        // Reported at 1, 2, 4, 8, ...: a device that keeps sending such frames cannot flood
+        // the log, and an operator still learns of it (a limit set too low, or a device that
+        // cannot be served).
+        if total.is_power_of_two() {
+            self.events.push_back(Event::FrameTooLong {
+                peer: from,
+                limit,
+                total,
+            });
+        }
     }
 
     /// Something happened on upstream connection `conn`.

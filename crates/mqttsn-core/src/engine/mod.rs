@@ -141,6 +141,16 @@ pub enum Event {
         /// How many have been dropped so far.
         total: u64,
     },
+    /// A datagram longer than its transport accepts (`udp.max_frame`) was dropped unread
+    /// (reported at the 1st, 2nd, 4th, 8th, ... such datagram).
+    FrameTooLong {
+        /// The latest sender.
+        peer: PeerAddr,
+        /// The transport's limit in bytes.
+        limit: usize,
+        /// How many have been dropped so far.
+        total: u64,
+    },
     /// Device frames or requests were refused or dropped because of the load: a sender over its
     /// frame budget, a client over its publish budget, or a congested broker connection. Reported at the first refusal and then at most
     /// every [`admission::REPORT_INTERVAL`], with the totals so far.
