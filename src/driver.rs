@@ -8,11 +8,14 @@
 //! file of the gateway's is left open.
 
 use crate::config::{Config, UpstreamUrl};
+use crate::engine::persist::StoredSession;
 use crate::engine::{
     ConnId, Counters, Destination, Event, Gateway, Link, PeerAddr, UpstreamCommand, UpstreamEvent,
 };
 use crate::mqtt_v4::MQTT_V4;
 use crate::record::snlog::{Endpoint, Payload, RecordEvent, Recorder};
+use crate::storage::group_commit::GroupCommit;
+use crate::storage::StorageError;
 use crate::time::Instant;
 use crate::transcript::Control;
 use crate::transport::serial::port::{SerialInbound, SerialTransport};
@@ -51,6 +54,9 @@ pub enum DriverError {
     /// `upstream.url = "embedded"` in a build without the `embedded-broker` feature.
     #[error("this build has no embedded broker (feature `embedded-broker`)")]
     NoEmbeddedBroker,
+    /// The state directory cannot be used by this gateway.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// A running gateway (see [`start`]).
@@ -137,6 +143,17 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
         warn_if_few_file_descriptors(config.gateway.max_clients);
     }
     let settings = UpstreamSettings::from_config(&config.upstream)?;
+    // Before any socket is bound: a state directory another gateway holds stops the start.
+    let (storage, stored) = match &config.storage.dir {
+        None => (None, Vec::new()),
+        Some(dir) => {
+            let opened = crate::storage::open(dir)?;
+            let storage = opened
+                .store
+                .map(|store| GroupCommit::new(store, opened.moved_aside));
+            (storage, opened.sessions)
+        }
+    };
     let (trigger, shutdown) = shutdown::channel();
     // A peer table entry per session at most is plenty: devices without a session send
     // little that needs an answer from the right socket.
@@ -149,7 +166,10 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     let serial = SerialTransport::start(&config.serial, serial_tx, &shutdown);
     let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
     let pool = UpstreamPool::new(settings, events_tx);
-    let engine = Gateway::new(config.engine_settings(random_hash_seed()), &MQTT_V4);
+    let mut engine = Gateway::new(config.engine_settings(random_hash_seed()), &MQTT_V4);
+    if storage.is_some() {
+        engine.enable_persistence();
+    }
     let (counters_tx, counters_rx) = mpsc::channel(4);
     let task = tokio::spawn(async move {
         let stop = async {
@@ -160,6 +180,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
             serial,
             pool,
             recorder: recording.snlog,
+            storage,
             shutdown: trigger,
         };
         let inputs = Inputs {
@@ -167,7 +188,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
             upstream: events_rx,
             counters: counters_rx,
         };
-        event_loop(engine, io, inputs, stop).await;
+        event_loop(engine, io, inputs, stored, stop).await;
     });
     Ok(Running {
         udp: addrs,
@@ -245,6 +266,8 @@ struct Io {
     serial: SerialTransport,
     pool: UpstreamPool,
     recorder: Option<Recorder>,
+    /// The session store, when `[storage] dir` is set and usable.
+    storage: Option<GroupCommit>,
     /// Stops the transports' tasks (see [`shut_down`]).
     shutdown: Trigger,
 }
@@ -300,6 +323,7 @@ async fn event_loop(
     mut engine: Gateway,
     mut io: Io,
     inputs: Inputs,
+    stored: Vec<StoredSession>,
     stop: impl Future<Output = ()>,
 ) {
     let Inputs {
@@ -308,6 +332,9 @@ async fn event_loop(
         mut counters,
     } = inputs;
     let clock = Clock(std::time::Instant::now());
+    if io.storage.is_some() {
+        restore(&mut engine, stored, clock.now());
+    }
     // Every UDP datagram is read into this, then handed to the engine.
     let mut batch = io.udp.batch();
     tokio::pin!(stop);
@@ -413,6 +440,7 @@ async fn shut_down(
         mut serial,
         pool,
         recorder,
+        storage: io_storage,
         ..
     } = io;
     // The broker connections close through the pool (DISCONNECT written, FIN both ways). Their
@@ -421,6 +449,9 @@ async fn shut_down(
     // last sender, is gone.
     let drain_upstream = async { while upstream.recv().await.is_some() {} };
     tokio::join!(pool.shutdown(), drain_upstream, serial.shutdown());
+    if let Some(storage) = &io_storage {
+        tracing::info!(totals = ?storage.totals(), "storage totals");
+    }
     // Last: the writer thread writes what is queued and closes the files.
     if let Some(recorder) = recorder {
         let skipped = recorder.skipped();
@@ -442,8 +473,27 @@ async fn shut_down(
     tracing::info!(counters = ?engine.counters(), "gateway stopped");
 }
 
-/// Moves everything the engine produced into the transports and the log.
+/// The sessions of before the restart, back in the engine.
+fn restore(engine: &mut Gateway, stored: Vec<StoredSession>, now: Instant) {
+    let report = engine.restore(now, stored);
+    for (client, reason) in &report.skipped {
+        tracing::error!(%client, %reason, "stored session not restored");
+    }
+    tracing::info!(
+        sessions = report.sessions,
+        held_messages = report.messages,
+        messages_dropped = report.messages_dropped,
+        not_restored = report.skipped.len(),
+        "sessions restored from the state directory"
+    );
+}
+
+/// Moves everything the engine produced into the transports and the log: first, what the
+/// inputs changed is made durable, so that nothing is acknowledged that a crash could lose.
 async fn flush(engine: &mut Gateway, io: &mut Io, now: Instant) {
+    if let Some(storage) = io.storage.as_mut() {
+        storage.commit(engine, now);
+    }
     while let Some(command) = engine.poll_upstream() {
         if io.recorder.is_some() {
             let data = match &command {

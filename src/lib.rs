@@ -24,6 +24,8 @@
 //! - `embedded`: an in-process MQTT broker for zero-setup starts (feature `embedded-broker`).
 //! - [`record`]: recordings while running (transcripts with `--record`, pcap files for
 //!   Wireshark) and the pcap reader.
+//! - [`storage`]: the state directory: the session store on disk (redb), what happens to a
+//!   damaged one, and the `state` subcommand's report.
 //! - [`replay`]: the `replay` subcommand: a recording's device side against a running gateway.
 //! - [`decode_tool`]: the `decode` subcommand (hex frames to text or JSON).
 
@@ -38,4 +40,5 @@ pub mod embedded;
 pub mod mqtt_v4;
 pub mod record;
 pub mod replay;
+pub mod storage;
 pub mod transport;

@@ -83,6 +83,12 @@ enum Command {
         /// The configuration file, e.g. gateway.toml.
         file: PathBuf,
     },
+    /// Print what a session store holds (sessions, topic ids, subscriptions, held messages):
+    /// DIR/sessions.redb of a stopped gateway, or a copy of it.
+    State {
+        /// The store file, e.g. /var/lib/mqttsn-gateway/sessions.redb (or its directory).
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -102,6 +108,9 @@ struct RunArgs {
     /// Gateway mode, replacing gateway.mode.
     #[arg(long, value_enum)]
     mode: Option<CliMode>,
+    /// State directory: sessions survive restarts and power cuts (replaces storage.dir).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Record every frame to and from devices and the broker in this transcript file (.snlog).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
@@ -149,6 +158,7 @@ fn main() -> ExitCode {
             },
         ),
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::State { file }) => state(&file),
         Some(Command::Replay {
             file,
             gateway,
@@ -233,6 +243,9 @@ fn effective_config(args: &RunArgs) -> Result<Config, String> {
     if args.embedded_broker {
         config.upstream.url = UpstreamUrl::Embedded;
     }
+    if let Some(dir) = &args.state_dir {
+        config.storage.dir = Some(dir.clone());
+    }
     if let Some(mode) = args.mode {
         config.gateway.mode = match mode {
             CliMode::Transparent => Mode::Transparent,
@@ -299,6 +312,25 @@ fn recording(args: &RunArgs, config: &Config) -> Result<Recording, String> {
             tracing::error!(error = %e, "cannot record; running without recording");
             Ok(Recording::default())
         }
+    }
+}
+
+/// `state FILE`: the store's report on stdout.
+fn state(file: &Path) -> ExitCode {
+    let path = if file.is_dir() {
+        file.join(mqttsn_gateway::storage::FILE_NAME)
+    } else {
+        file.to_path_buf()
+    };
+    if !path.exists() {
+        return fail(&format!("{}: no such file", path.display()), 1);
+    }
+    match mqttsn_gateway::storage::inspect::describe(&path) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e, 1),
     }
 }
 

@@ -59,6 +59,7 @@ impl Config {
                 return_path_factor: self.limits.return_path_factor,
             },
             upstream_queue_bytes: self.upstream.max_queued_bytes,
+            durable: self.storage.dir.is_some(),
             hash_seed,
         }
     }

@@ -19,7 +19,7 @@ use super::value::DURATION_EXPECTED;
 use super::{
     Config, ConfigError, DropPolicy, Framing, GatewayConfig, LimitsConfig, Mode,
     MulticastInterface, Parity, PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig,
-    TimersConfig, UdpConfig, UpstreamConfig, UpstreamUrl,
+    StorageConfig, TimersConfig, UdpConfig, UpstreamConfig, UpstreamUrl,
 };
 use crate::time::Duration;
 
@@ -56,6 +56,13 @@ struct RawConfig {
     sleep: RawSleep,
     sessions: RawSessions,
     limits: RawLimits,
+    storage: RawStorage,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawStorage {
+    dir: Field<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -389,6 +396,9 @@ impl RawConfig {
             sleep: self.sleep.check(cx)?,
             sessions: self.sessions.check(cx)?,
             limits: self.limits.check(cx)?,
+            storage: StorageConfig {
+                dir: cx.path(&self.storage.dir, "storage.dir")?,
+            },
         })
     }
 }

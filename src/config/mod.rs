@@ -49,6 +49,16 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// `[limits]`: what each device may ask for.
     pub limits: LimitsConfig,
+    /// `[storage]`: where sessions are kept across restarts.
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the state directory. Without one, sessions live in memory only and a restart
+/// forgets them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The directory of the session store (`sessions.redb` in it), created if missing.
+    pub dir: Option<PathBuf>,
 }
 
 /// `[limits]`: per-device bounds, so that one device cannot take what the others need.
@@ -371,6 +381,7 @@ impl Default for Config {
             sleep: SleepConfig::default(),
             sessions: SessionsConfig::default(),
             limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }

@@ -118,6 +118,12 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.string("max_idle", &s.max_idle.to_string());
     out.string("expiry", &s.expiry.to_string());
 
+    out.table("[storage]");
+    match config.storage.dir.as_deref() {
+        Some(dir) => out.optional_path("dir", Some(dir)),
+        None => out.unset("dir", "sessions in memory only; a restart forgets them"),
+    }
+
     let l = &config.limits;
     out.table("[limits]");
     out.raw("frame_rate", l.frame_rate);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use mqttsn_gateway::config::{
     Config, ConfigError, DropPolicy, Framing, GatewayConfig, LimitsConfig, Mode,
     MulticastInterface, Parity, PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig,
-    TimersConfig, UdpConfig, UpstreamConfig, UpstreamUrl,
+    StorageConfig, TimersConfig, UdpConfig, UpstreamConfig, UpstreamUrl,
 };
 use mqttsn_gateway::time::Duration;
 
@@ -161,6 +161,9 @@ drop_policy = "drop-newest"
 max_idle = "90s"
 expiry = "2h"
 
+[storage]
+dir = "state"
+
 [limits]
 frame_rate = 7
 frame_burst = 8
@@ -278,6 +281,9 @@ fn full_config() -> Config {
             max_will_bytes: 9,
             verify_return_path: false,
             return_path_factor: 3,
+        },
+        storage: StorageConfig {
+            dir: Some("state".into()),
         },
     }
 }

@@ -91,6 +91,10 @@ pub struct Settings {
     pub upstream_queue_bytes: usize,
     /// Keys of the engine's hash maps: random in production, fixed in tests.
     pub hash_seed: HashSeed,
+    /// Sessions are kept in a store across restarts (`[storage] dir`): the gateway's own
+    /// broker connection then keeps its broker session too (clean_session=false), so the
+    /// broker holds QoS 1/2 messages for it while it is down.
+    pub durable: bool,
 }
 
 /// Per-client bounds (`[limits]`).
@@ -140,6 +144,7 @@ impl fmt::Debug for Settings {
             .field("session_expiry", &self.session_expiry)
             .field("limits", &self.limits)
             .field("upstream_queue_bytes", &self.upstream_queue_bytes)
+            .field("durable", &self.durable)
             .finish_non_exhaustive()
     }
 }

@@ -2,7 +2,7 @@
 //! subscription results), keep-alive of upstream connections, finishing device connects, wills
 //! and discovery broadcasts.
 
-use super::client::{State, UpStage};
+use super::client::{Client, State, UpStage};
 use super::device::{untoken, INTERNAL};
 use super::gateway::{Gateway, Timer};
 use super::mqtt::{self, LastWill, MqttEvent};
@@ -202,14 +202,7 @@ impl Gateway {
         let Some(client) = self.client(key) else {
             return;
         };
-        let client_id = format!("{}{}", self.settings.client_id_prefix, client.client_id);
-        let will = client.will.as_ref().map(|w| LastWill {
-            topic: w.topic.to_string(),
-            payload: w.payload.clone(),
-            qos: mqtt::QoS::from_sn(w.qos).unwrap_or(mqtt::QoS::AtMostOnce),
-            retain: w.retain,
-        });
-        let options = self.connect_options(client_id, client.clean_session, will);
+        let options = self.device_connect_options(client);
         let old = client.conn;
         if client.state == State::Connecting && old.is_some() {
             // A CONNECT repeated while the broker connection is still being set up: keep
@@ -235,6 +228,19 @@ impl Gateway {
             }
             self.remove_client(key);
         }
+    }
+
+    /// Transparent mode: the CONNECT of a device's own broker connection, carrying its
+    /// identity, clean flag and will.
+    pub(super) fn device_connect_options(&self, client: &Client) -> mqtt::ConnectOptions {
+        let client_id = format!("{}{}", self.settings.client_id_prefix, client.client_id);
+        let will = client.will.as_ref().map(|w| LastWill {
+            topic: w.topic.to_string(),
+            payload: w.payload.clone(),
+            qos: mqtt::QoS::from_sn(w.qos).unwrap_or(mqtt::QoS::AtMostOnce),
+            retain: w.retain,
+        });
+        self.connect_options(client_id, client.clean_session, will)
     }
 
     fn accept_connect(&mut self, now: Instant, key: ClientKey) {

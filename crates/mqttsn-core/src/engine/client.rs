@@ -90,7 +90,7 @@ pub struct Inflight {
 }
 
 /// What kind of gateway-to-device exchange is in flight.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InflightKind {
     /// REGISTER of `topic` as `topic_id`, awaiting REGACK.
     Register {
@@ -118,6 +118,9 @@ pub enum UpStage {
     Forwarded,
     /// QoS 2: the broker has it (PUBREC) and PUBREC went to the device.
     Received,
+    /// Forwarded before the gateway restarted: the broker's answer went to the connection
+    /// that is gone, so the device's retransmission is forwarded again.
+    Restored,
 }
 
 /// A device's QoS 1/2 PUBLISH not yet acknowledged to it.
@@ -174,6 +177,9 @@ pub struct Client {
     /// Messages waiting for delivery (bounded; the sleeping buffer while asleep). Boxed and
     /// only present while not empty: most sessions have nothing queued most of the time.
     queue: Option<Box<SleepBuffer<Down>>>,
+    /// Sequence number of the oldest queued message (the next ones follow it); only ever
+    /// grows, so that the store can tell which held messages are new and which are gone.
+    pub queue_head: u64,
     /// The one unacknowledged gateway-to-device exchange.
     pub inflight: Option<Box<Inflight>>,
     /// Last MsgId the gateway used towards this device.
@@ -234,6 +240,7 @@ impl Client {
             will: None,
             registry: TopicRegistry::new(),
             queue: None,
+            queue_head: 0,
             inflight: None,
             last_msg_id: 0,
             conn: None,
@@ -256,6 +263,7 @@ impl Client {
     pub fn wipe(&mut self) {
         self.will = None;
         self.registry.clear();
+        self.queue_head += self.queued() as u64;
         self.queue = None;
         self.inflight = None;
         self.extras = None;
@@ -272,6 +280,9 @@ impl Client {
             .queue
             .get_or_insert_with(Default::default)
             .push(down, size, limits);
+        if let PushOutcome::StoredAfterDropping(evicted) = &outcome {
+            self.queue_head += evicted.len() as u64;
+        }
         self.drop_empty_queue();
         outcome
     }
@@ -284,6 +295,9 @@ impl Client {
     /// Takes the next message to deliver.
     pub fn pop_down(&mut self) -> Option<Down> {
         let down = self.queue.as_mut()?.pop_front();
+        if down.is_some() {
+            self.queue_head += 1;
+        }
         self.drop_empty_queue();
         down
     }
@@ -291,6 +305,11 @@ impl Client {
     /// Bytes the messages waiting are charged (see [`Down::size`]).
     pub fn queued_bytes(&self) -> usize {
         self.queue.as_ref().map_or(0, |q| q.bytes())
+    }
+
+    /// The messages waiting, oldest first.
+    pub fn queued_messages(&self) -> impl Iterator<Item = &Down> + '_ {
+        self.queue.iter().flat_map(|q| q.iter())
     }
 
     /// Number of messages waiting.

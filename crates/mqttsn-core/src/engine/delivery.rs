@@ -173,7 +173,7 @@ impl Gateway {
         let Some(client) = self.client_mut(key) else {
             return;
         };
-        let topic_id = match client.registry.register(&topic) {
+        let topic_id = match client.registry.propose(&topic) {
             Ok(id) => id,
             Err(_) => {
                 // No id left for this device: the message cannot be delivered.
@@ -405,14 +405,18 @@ impl Gateway {
 
     pub(super) fn on_device_regack(&mut self, now: Instant, key: ClientKey, ack: RegAck) {
         // A client-initiated REGACK answers nothing of ours; only ours matter.
-        let Some(InflightKind::Register { topic, .. }) = self.take_inflight(key, ack.msg_id, |k| {
-            matches!(k, InflightKind::Register { .. })
-        }) else {
+        let Some(InflightKind::Register { topic, topic_id }) =
+            self.take_inflight(key, ack.msg_id, |k| {
+                matches!(k, InflightKind::Register { .. })
+            })
+        else {
             return;
         };
-        if ack.return_code != ReturnCode::Accepted {
-            // §6.10: a rejecting REGACK means the device does not want this topic.
-            if let Some(client) = self.client_mut(key) {
+        if let Some(client) = self.client_mut(key) {
+            if ack.return_code == ReturnCode::Accepted {
+                client.registry.confirm(topic_id);
+            } else {
+                // §6.10: a rejecting REGACK means the device does not want this topic.
                 client.extras_mut().refused.push(topic);
             }
         }

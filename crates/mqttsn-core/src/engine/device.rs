@@ -475,9 +475,7 @@ impl Gateway {
         // The limit is on the names a device registers itself; the ids the gateway assigns
         // for its own REGISTERs (wildcard subscriptions) stay within the registry's range.
         let max = self.settings.max_topics_per_client;
-        let known = self
-            .client(key)
-            .is_some_and(|c| c.registry.id(name).is_some());
+        let known = self.client(key).is_some_and(|c| c.registry.contains(name));
         let room = known || self.client(key).is_some_and(|c| c.registry.len() < max);
         let (topic_id, rc) = if topic::validate_topic_name(name).is_err() {
             (0, ReturnCode::NotSupported)
@@ -593,10 +591,21 @@ impl Gateway {
             .client(key)
             .and_then(|c| c.up().iter().find(|u| u.msg_id == p.msg_id).copied())
         {
-            if up.stage == UpStage::Received {
-                self.send(peer, Message::PubRec { msg_id: p.msg_id });
+            match up.stage {
+                UpStage::Received => self.send(peer, Message::PubRec { msg_id: p.msg_id }),
+                UpStage::Forwarded => {}
+                UpStage::Restored => {
+                    // The broker's answer went to a connection of before the restart: send it
+                    // again (the broker may get it twice; QoS 2 state of that connection was
+                    // not kept).
+                    if let Some(client) = self.client_mut(key) {
+                        client.extras_mut().up.retain(|u| u.msg_id != p.msg_id);
+                    }
+                }
             }
-            return;
+            if up.stage != UpStage::Restored {
+                return;
+            }
         }
         if self.admit(Some(key), None, conn, size, false).is_err() {
             // §6.13 / §5.4.13: the device waits T_WAIT and tries again.

@@ -145,6 +145,8 @@ pub struct Gateway {
     /// When SEARCHGW was last answered, per address slot (`timers.gwinfo_interval`);
     /// allocated at the first SEARCHGW.
     pub(super) gwinfo_at: Option<Box<[Option<Instant>]>>,
+    /// What a restart must keep, when a store is in use ([`super::persist`]).
+    pub(super) persist: Option<Box<super::persist::Persistence>>,
 }
 
 impl Gateway {
@@ -180,13 +182,19 @@ impl Gateway {
             gwinfo_at: None,
             anonymous_budgets: AddressBudgets::default(),
             sessionless_frames: AddressBudgets::default(),
+            persist: None,
         };
         let id = format!(
             "{}gateway-{}",
             gw.settings.client_id_prefix, gw.settings.gw_id
         );
-        if let Err(e) = gw.open_upstream(ConnId::GATEWAY, gw.connect_options(id, true, None), None)
-        {
+        if let Err(e) = gw.open_upstream(
+            ConnId::GATEWAY,
+            // Durable: the broker keeps the gateway's session (its subscriptions and the QoS
+            // 1/2 messages for it) while the gateway is down.
+            gw.connect_options(id, !gw.settings.durable, None),
+            None,
+        ) {
             // Only a configuration the loader already rejects gets here (e.g. a password
             // without a user name); report it rather than panic.
             gw.events.push_back(Event::BrokerError {
@@ -317,6 +325,21 @@ impl Gateway {
         self.broker_up = false;
     }
 
+    /// What the engine was configured with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The MQTT packet codec of its broker connections.
+    pub fn wire(&self) -> &'static dyn MqttWire {
+        self.wire
+    }
+
+    /// The latest time an input carried.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// Running totals.
     pub fn counters(&self) -> Counters {
         self.counters
@@ -356,7 +379,11 @@ impl Gateway {
         self.clients.get(key.0)
     }
 
+    /// The one way to change a session, so that persistence sees every change.
     pub(super) fn client_mut(&mut self, key: ClientKey) -> Option<&mut Client> {
+        if let Some(persist) = self.persist.as_deref_mut() {
+            persist.touch(key);
+        }
         self.clients.get_mut(key.0)
     }
 
@@ -379,6 +406,9 @@ impl Gateway {
         let mut client = Client::new(self.generation, client_id.clone(), peer, now);
         client.frame_budget = self.address_frame_budget(peer);
         let key = ClientKey(self.clients.insert(client));
+        if let Some(persist) = self.persist.as_deref_mut() {
+            persist.touch(key);
+        }
         self.by_client_id.insert(client_id, key);
         self.by_peer.insert(peer, key);
         key
@@ -389,6 +419,9 @@ impl Gateway {
         let Some(client) = self.clients.remove(key.0) else {
             return;
         };
+        if let Some(persist) = self.persist.as_deref_mut() {
+            persist.forget(&client.client_id);
+        }
         if self.by_client_id.get(&client.client_id) == Some(&key) {
             self.by_client_id.remove(&client.client_id);
         }

@@ -14,6 +14,7 @@ mod device;
 mod gateway;
 pub mod mqtt;
 pub mod peer;
+pub mod persist;
 pub mod registry;
 mod return_path;
 mod slab;

@@ -29,6 +29,11 @@ const MAX_ID: u16 = 0xFFFE;
 /// released all at once by [`clear`](Self::clear) (a new clean session), so that the same
 /// sequence of REGISTERs always yields the same ids.
 ///
+/// An id the gateway proposes in its own REGISTER ([`propose`](Self::propose)) is held for its
+/// topic but *pending*: [`id`](Self::id) does not give it out until the device's REGACK accepts
+/// it ([`confirm`](Self::confirm)), so a session kept or restored across a lost REGISTER never
+/// publishes under an id the device may not know.
+///
 /// Kept to 32 bytes because there is one per client: entry `i` holds the name of id `i + 1`, and
 /// its otherwise wasted padding holds the `i`-th element of the permutation that sorts the
 /// entries by name. So `name(id)` is an index and `id(name)` a binary search, without a second
@@ -45,6 +50,8 @@ struct Entry {
     /// Not about this entry: position `i` of the by-name order holds the index of the entry
     /// with the `i`-th smallest name.
     sorted: u16,
+    /// Proposed by the gateway, not yet accepted by the device's REGACK.
+    pending: bool,
 }
 
 impl Default for TopicRegistry {
@@ -89,15 +96,42 @@ impl TopicRegistry {
     }
 
     /// The id of `name`, allocating the next one if it is new. Registering a name again returns
-    /// its existing id (clients re-REGISTER after reconnecting).
+    /// its existing id (clients re-REGISTER after reconnecting); a pending id becomes accepted,
+    /// since the device itself named the topic.
     ///
     /// # Errors
     /// [`RegistryError::TooManyTopics`] past the limit, [`RegistryError::Exhausted`] when no id
     /// is left.
     pub fn register(&mut self, name: &Arc<str>) -> Result<u16, RegistryError> {
+        let (id, index) = self.allocate(name, false)?;
+        self.entries[index].pending = false;
+        Ok(id)
+    }
+
+    /// The id to propose in a gateway REGISTER of `name`: its id if it has one (accepted or
+    /// pending), else the next id, held as pending until [`Self::confirm`].
+    ///
+    /// # Errors
+    /// As [`Self::register`].
+    pub fn propose(&mut self, name: &Arc<str>) -> Result<u16, RegistryError> {
+        self.allocate(name, true).map(|(id, _)| id)
+    }
+
+    /// The device's REGACK accepted `id`.
+    pub fn confirm(&mut self, id: u16) {
+        if let Some(entry) = usize::from(id)
+            .checked_sub(1)
+            .and_then(|i| self.entries.get_mut(i))
+        {
+            entry.pending = false;
+        }
+    }
+
+    /// `(id, entry index)` of `name`, appending it (pending as given) if it is new.
+    fn allocate(&mut self, name: &Arc<str>, pending: bool) -> Result<(u16, usize), RegistryError> {
         self.check_room(name)?;
         let pos = match self.search(name) {
-            Ok(index) => return Ok(index_to_id(index)),
+            Ok(index) => return Ok((index_to_id(index), index)),
             Err(pos) => pos,
         };
         let len = self.entries.len();
@@ -111,13 +145,14 @@ impl TopicRegistry {
         self.entries.push(Entry {
             name: Arc::clone(name),
             sorted: 0,
+            pending,
         });
         // Open a slot at `pos` in the permutation by shifting the tail up one entry.
         for i in (pos + 1..=len).rev() {
             self.entries[i].sorted = self.entries[i - 1].sorted;
         }
         self.entries[pos].sorted = index;
-        Ok(index_to_id(usize::from(index)))
+        Ok((index_to_id(usize::from(index)), len))
     }
 
     /// The name registered under `id`.
@@ -126,9 +161,17 @@ impl TopicRegistry {
         self.entries.get(index).map(|e| &e.name)
     }
 
-    /// The id registered for `name`.
+    /// The id registered for `name`, once the device knows it (not while pending).
     pub fn id(&self, name: &str) -> Option<u16> {
-        self.search(name).ok().map(index_to_id)
+        self.search(name)
+            .ok()
+            .filter(|&index| !self.entries[index].pending)
+            .map(index_to_id)
+    }
+
+    /// Whether `name` has an id, accepted or pending.
+    pub fn contains(&self, name: &str) -> bool {
+        self.search(name).is_ok()
     }
 
     /// Binary search of the by-name permutation: `Ok(entry index)` or `Err(insert position)`.
@@ -167,6 +210,14 @@ impl TopicRegistry {
             .iter()
             .enumerate()
             .map(|(i, e)| (index_to_id(i), &e.name))
+    }
+
+    /// Whether `id` was proposed by the gateway and not yet accepted.
+    pub fn is_pending(&self, id: u16) -> bool {
+        usize::from(id)
+            .checked_sub(1)
+            .and_then(|i| self.entries.get(i))
+            .is_some_and(|e| e.pending)
     }
 }
 
@@ -546,6 +597,24 @@ mod tests {
         assert!(Arc::ptr_eq(&kept, &interner.intern("kept/topic")));
         interner.purge();
         assert_eq!(interner.len(), 1);
+    }
+
+    #[test]
+    fn a_proposed_id_is_given_out_only_once_accepted() {
+        let mut reg = TopicRegistry::new();
+        assert_eq!(reg.propose(&arc("down/x")), Ok(1));
+        // Held for its topic, but not yet usable towards the device.
+        assert_eq!(reg.id("down/x"), None);
+        assert!(reg.contains("down/x") && reg.is_pending(1));
+        assert_eq!(reg.propose(&arc("down/x")), Ok(1));
+        assert_eq!(reg.register(&arc("up/y")), Ok(2));
+        reg.confirm(1);
+        assert_eq!(reg.id("down/x"), Some(1));
+        // A device REGISTER of a pending name accepts it.
+        assert_eq!(reg.propose(&arc("down/z")), Ok(3));
+        assert_eq!(reg.register(&arc("down/z")), Ok(3));
+        assert_eq!(reg.id("down/z"), Some(3));
+        assert!(!reg.is_pending(3));
     }
 
     #[test]

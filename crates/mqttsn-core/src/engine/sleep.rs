@@ -117,6 +117,11 @@ impl<T> SleepBuffer<T> {
         self.items.front().map(|(item, _)| item)
     }
 
+    /// The held messages, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.items.iter().map(|(item, _)| item)
+    }
+
     /// Removes all messages, oldest first, and frees the buffer's memory.
     pub fn drain(&mut self) -> impl Iterator<Item = T> {
         self.bytes = 0;

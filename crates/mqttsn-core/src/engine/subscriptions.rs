@@ -293,6 +293,11 @@ impl SubscriptionTable {
         self.by_client.get(&client).cloned().unwrap_or_default()
     }
 
+    /// `client`'s filters with their granted QoS, sorted by filter, borrowed.
+    pub fn client_filters_ref(&self, client: ClientKey) -> &[(Arc<str>, QoS)] {
+        self.by_client.get(&client).map_or(&[], Vec::as_slice)
+    }
+
     /// How many filters `client` is subscribed to.
     pub fn client_filter_count(&self, client: ClientKey) -> usize {
         self.by_client.get(&client).map_or(0, Vec::len)

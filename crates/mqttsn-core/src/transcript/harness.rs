@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use super::replay::{ReplayInput, ReplayOutput, Replayable};
 use super::{Control, Peer, PeerKind, Transcript};
 use crate::engine::mqtt::wire::packet_len;
+use crate::engine::persist::MemoryStore;
 use crate::engine::{ConnId, Destination, Gateway, Link, PeerAddr, UpstreamCommand, UpstreamEvent};
 use crate::time::Instant;
 
@@ -110,11 +111,25 @@ pub struct GatewayHarness {
     pending: VecDeque<(PeerKind, ReplayOutput)>,
     /// Every output handed to the replay so far, in order (to compare runs).
     log: Vec<(PeerKind, ReplayOutput)>,
+    /// Where the engine persists after every input, when the transcript restarts the gateway
+    /// (`!restart`) or its configuration keeps state (`storage.dir`).
+    store: Option<MemoryStore>,
+    /// After every persist, check that an engine restored from the store would store exactly
+    /// the same ([`GatewayHarness::check_restores`]).
+    check_restores: bool,
 }
 
 impl GatewayHarness {
     /// Wraps `gw` for a replay of `transcript`.
-    pub fn new(transcript: &Transcript, gw: Gateway) -> GatewayHarness {
+    pub fn new(transcript: &Transcript, mut gw: Gateway) -> GatewayHarness {
+        let restarts = transcript
+            .entries
+            .iter()
+            .any(|e| e.control() == Some(Control::Restart));
+        let store = (restarts || gw.settings().durable).then(|| {
+            gw.enable_persistence();
+            MemoryStore::new()
+        });
         GatewayHarness {
             gw,
             serial_ports: Vec::new(),
@@ -122,7 +137,74 @@ impl GatewayHarness {
             conn_owner: BTreeMap::new(),
             pending: VecDeque::new(),
             log: Vec::new(),
+            store,
+            check_restores: false,
         }
+    }
+
+    /// Persists after every input even without a restart in the transcript, and checks each
+    /// time that an engine restored from the store holds the same: restoring loses nothing
+    /// a store holds, at any moment of any exchange.
+    pub fn check_restores(mut self) -> Self {
+        if self.store.is_none() {
+            self.gw.enable_persistence();
+            self.store = Some(MemoryStore::new());
+        }
+        self.check_restores = true;
+        self
+    }
+
+    /// What the engine has stored so far.
+    pub fn store(&self) -> Option<&MemoryStore> {
+        self.store.as_ref()
+    }
+
+    /// The engine persists, as the driver does before it sends a batch's outputs.
+    fn persist(&mut self, now: Instant) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        if let Err(e) = self.gw.persist(store) {
+            panic!("the memory store failed: {e}");
+        }
+        if self.check_restores {
+            let mut restored = self.restored(now);
+            let mut again = MemoryStore::new();
+            if let Err(e) = restored.persist_everything(&mut again) {
+                panic!("the memory store failed: {e}");
+            }
+            let stored = self.store.as_ref().map(MemoryStore::load);
+            if stored.as_ref() != Some(&again.load()) {
+                panic!(
+                    "at {now}: a restored engine stores something else\nstored: {stored:?}\nrestored: {:?}",
+                    again.load()
+                );
+            }
+        }
+    }
+
+    /// A new engine with the same settings, restored from the store.
+    fn restored(&self, now: Instant) -> Gateway {
+        let mut gw = Gateway::new(self.gw.settings().clone(), self.gw.wire());
+        gw.enable_persistence();
+        if let Some(store) = &self.store {
+            let report = gw.restore(now, store.load());
+            assert!(
+                report.skipped.is_empty(),
+                "not restored: {:?}",
+                report.skipped
+            );
+        }
+        gw
+    }
+
+    /// `!restart`: what was stored is all the new engine knows; the old one's broker
+    /// connections are gone with it.
+    fn restart(&mut self, now: Instant) {
+        self.persist(now);
+        self.gw = self.restored(now);
+        self.conn_owner.clear();
+        self.collect();
     }
 
     /// Every output the engine produced so far, in order.
@@ -178,8 +260,11 @@ impl GatewayHarness {
         }
     }
 
-    /// Moves the engine's outputs into `pending`, in the order the engine produced them.
+    /// Moves the engine's outputs into `pending`, in the order the engine produced them (after
+    /// persisting, as the driver does).
     fn collect(&mut self) {
+        let now = self.gw.now();
+        self.persist(now);
         while let Some(cmd) = self.gw.poll_upstream() {
             let conn = cmd.conn();
             if !self.conn_owner.contains_key(&conn) {
@@ -220,6 +305,7 @@ impl GatewayHarness {
 impl Replayable for GatewayHarness {
     fn input(&mut self, now: Instant, from: &Peer, input: ReplayInput<'_>) {
         match (&from.kind, input) {
+            (_, ReplayInput::Control(Control::Restart)) => return self.restart(now),
             (PeerKind::Broker { client }, input) => {
                 let conn = self.conn_for(client);
                 self.gw

@@ -311,6 +311,11 @@ pub enum Control {
     Congested,
     /// `BRK > gw !drained`: the send queue is back under half its bound (input).
     Drained,
+    /// `brk > gw !restart`: the gateway process is killed and started again (input). The
+    /// harness has the engine persist, as the driver does after every batch, then drops it and
+    /// restores a new one from what was stored; every broker connection is gone with the old
+    /// process.
+    Restart,
     /// `gw > BRK !open`: the gateway asks for a connection to be opened (output).
     Open,
     /// `gw > BRK !close`: the gateway asks for a graceful close: flush what was sent, then close
@@ -323,11 +328,12 @@ pub enum Control {
 
 impl Control {
     /// Every control, inputs first.
-    pub const ALL: [Control; 7] = [
+    pub const ALL: [Control; 8] = [
         Control::Up,
         Control::Down,
         Control::Congested,
         Control::Drained,
+        Control::Restart,
         Control::Open,
         Control::Close,
         Control::Abort,
@@ -340,6 +346,7 @@ impl Control {
             Control::Down => "down",
             Control::Congested => "congested",
             Control::Drained => "drained",
+            Control::Restart => "restart",
             Control::Open => "open",
             Control::Close => "close",
             Control::Abort => "abort",
@@ -357,7 +364,7 @@ impl Control {
     pub fn is_input(self) -> bool {
         matches!(
             self,
-            Control::Up | Control::Down | Control::Congested | Control::Drained
+            Control::Up | Control::Down | Control::Congested | Control::Drained | Control::Restart
         )
     }
 }
@@ -575,7 +582,8 @@ mod tests {
                 Control::Up,
                 Control::Down,
                 Control::Congested,
-                Control::Drained
+                Control::Drained,
+                Control::Restart
             ]
         );
         assert_eq!(Control::from_token("up"), None);
