@@ -56,6 +56,31 @@ fn engine_transcripts() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// What a store holds is all a restarted engine needs: every transcript is replayed with the
+/// engine persisting after every input (as the driver does), and after each persist an engine
+/// restored from the store must store exactly the same again. So no state a restart keeps is
+/// lost or changed by restoring it, at any moment of any exchange the transcripts cover.
+#[test]
+fn every_stored_state_restores_to_the_same_state() {
+    let files = transcripts();
+    for path in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        let transcript = Transcript::parse(&text, &path.display().to_string()).unwrap();
+        let mut harness = harness(&transcript).check_restores();
+        if let Err(e) = replay(&transcript, &mut harness) {
+            panic!("{}: with persistence on:\n{e}", path.display());
+        }
+        let store = harness.store().expect("persisting");
+        eprintln!(
+            "{}: {} commits, {} sessions and {} messages stored at the end",
+            path.display(),
+            store.commits,
+            store.sessions(),
+            store.messages()
+        );
+    }
+}
+
 /// The engine's output must not depend on its hash seed: each transcript is replayed under two
 /// different seeds, both runs must pass, and their outputs must be identical line for line.
 #[test]
