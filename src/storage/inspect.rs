@@ -12,6 +12,10 @@ use super::STORE_FORMAT;
 
 /// The report on the store at `path`, or why it cannot be read.
 pub fn describe(path: &Path) -> Result<String, String> {
+    super::guarded(|| read_report(path))
+}
+
+fn read_report(path: &Path) -> Result<String, String> {
     match redb::ReadOnlyDatabase::open(path) {
         Ok(db) => report(path, &db, ""),
         // Not closed cleanly (the gateway was killed, or lost power): redb repairs such a file

@@ -93,7 +93,36 @@ enum Failure {
     Unusable(String),
 }
 
+/// Runs `f`, turning a panic inside the store library into an error: redb has been seen to
+/// panic ("entered unreachable code") on a file whose pages are inconsistent, and a damaged
+/// file must never stop the gateway (or the `state` tool).
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("the store library failed on this file: {what}"))
+    })
+}
+
 fn try_open(path: &Path) -> Result<Opened, Failure> {
+    let mut failure = None;
+    let opened = guarded(|| {
+        open_and_load(path).map_err(|f| {
+            failure = Some(f);
+            String::new()
+        })
+    });
+    match (opened, failure) {
+        (Ok(opened), _) => Ok(opened),
+        (Err(_), Some(failure)) => Err(failure),
+        (Err(panic), None) => Err(Failure::Unusable(panic)),
+    }
+}
+
+fn open_and_load(path: &Path) -> Result<Opened, Failure> {
     let mut store = RedbStore::open(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
             Failure::InUse

@@ -12,6 +12,7 @@ mod interop;
 mod overload;
 mod record;
 mod replay;
+mod restart;
 mod serial;
 mod shutdown;
 mod support;

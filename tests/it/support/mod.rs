@@ -5,6 +5,7 @@
 pub mod device;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod process;
 
 use std::time::Duration;
 
