@@ -14,7 +14,7 @@ use crate::engine::{
 };
 use crate::mqtt_v4::MQTT_V4;
 use crate::record::snlog::{Endpoint, Payload, RecordEvent, Recorder};
-use crate::storage::group_commit::GroupCommit;
+use crate::storage::group_commit::{GroupCommit, Outputs};
 use crate::storage::StorageError;
 use crate::time::Instant;
 use crate::transcript::Control;
@@ -148,9 +148,9 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
         None => (None, Vec::new()),
         Some(dir) => {
             let opened = crate::storage::open(dir)?;
-            let storage = opened
-                .store
-                .map(|store| GroupCommit::new(store, opened.moved_aside));
+            let storage = opened.store.map(|store| {
+                GroupCommit::new(store, config.storage.commit_interval, opened.moved_aside)
+            });
             (storage, opened.sessions)
         }
     };
@@ -339,11 +339,22 @@ async fn event_loop(
     let mut batch = io.udp.batch();
     tokio::pin!(stop);
     flush(&mut engine, &mut io, clock.now()).await;
+    // While changes wait for their group commit, so does everything the gateway would send.
+    let mut held_until: Option<Instant> = None;
     loop {
         let deadline = engine.poll_timeout();
         let sleep_until = clock.deadline(deadline.unwrap_or(Instant::from_millis(u64::MAX / 4)));
+        let commit_at = clock.deadline(held_until.unwrap_or(Instant::from_millis(u64::MAX / 4)));
         tokio::select! {
             _ = &mut stop => break,
+            _ = tokio::time::sleep_until(commit_at), if held_until.is_some() => {
+                held_until = None;
+                if let Some(storage) = io.storage.as_mut() {
+                    storage.commit(&mut engine, clock.now());
+                }
+                flush(&mut engine, &mut io, clock.now()).await;
+                continue;
+            }
             () = io.udp.readable() => {
                 // Batches straight from the sockets, up to BATCH datagrams before the engine's
                 // output goes out; the rest waits in the kernel.
@@ -416,7 +427,14 @@ async fn event_loop(
                 engine.handle_timeout(clock.now());
             }
         }
-        flush(&mut engine, &mut io, clock.now()).await;
+        let now = clock.now();
+        match io.storage.as_mut().map(|s| s.after_batch(&mut engine, now)) {
+            Some(Outputs::HeldUntil(at)) => held_until = Some(at),
+            Some(Outputs::Ready) | None => {
+                held_until = None;
+                flush(&mut engine, &mut io, now).await;
+            }
+        }
     }
     shut_down(engine, io, upstream, &clock).await;
 }
@@ -432,6 +450,9 @@ async fn shut_down(
     clock: &Clock,
 ) {
     engine.shutdown();
+    if let Some(storage) = io.storage.as_mut() {
+        storage.commit(&mut engine, clock.now());
+    }
     flush(&mut engine, &mut io, clock.now()).await;
     // Only now, after the last flush: the serial ports still write what it queued for them.
     io.shutdown.fire();
@@ -488,12 +509,9 @@ fn restore(engine: &mut Gateway, stored: Vec<StoredSession>, now: Instant) {
     );
 }
 
-/// Moves everything the engine produced into the transports and the log: first, what the
-/// inputs changed is made durable, so that nothing is acknowledged that a crash could lose.
+/// Moves everything the engine produced into the transports and the log. With a store, only
+/// once what the inputs changed is committed ([`GroupCommit`]).
 async fn flush(engine: &mut Gateway, io: &mut Io, now: Instant) {
-    if let Some(storage) = io.storage.as_mut() {
-        storage.commit(engine, now);
-    }
     while let Some(command) = engine.poll_upstream() {
         if io.recorder.is_some() {
             let data = match &command {

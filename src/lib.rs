@@ -24,7 +24,7 @@
 //! - `embedded`: an in-process MQTT broker for zero-setup starts (feature `embedded-broker`).
 //! - [`record`]: recordings while running (transcripts with `--record`, pcap files for
 //!   Wireshark) and the pcap reader.
-//! - [`storage`]: the state directory: the session store on disk (redb), what happens to a
+//! - [`storage`]: the state directory: the session store on disk (a log of group commits), what happens to a
 //!   damaged one, and the `state` subcommand's report.
 //! - [`replay`]: the `replay` subcommand: a recording's device side against a running gateway.
 //! - [`decode_tool`]: the `decode` subcommand (hex frames to text or JSON).

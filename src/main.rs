@@ -84,9 +84,9 @@ enum Command {
         file: PathBuf,
     },
     /// Print what a session store holds (sessions, topic ids, subscriptions, held messages):
-    /// DIR/sessions.redb of a stopped gateway, or a copy of it.
+    /// DIR/sessions.log (read only: the gateway may be running).
     State {
-        /// The store file, e.g. /var/lib/mqttsn-gateway/sessions.redb (or its directory).
+        /// The store file, e.g. /var/lib/mqttsn-gateway/sessions.log (or its directory).
         file: PathBuf,
     },
 }

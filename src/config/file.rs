@@ -63,6 +63,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawStorage {
     dir: Field<String>,
+    commit_interval: Field<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -396,9 +397,7 @@ impl RawConfig {
             sleep: self.sleep.check(cx)?,
             sessions: self.sessions.check(cx)?,
             limits: self.limits.check(cx)?,
-            storage: StorageConfig {
-                dir: cx.path(&self.storage.dir, "storage.dir")?,
-            },
+            storage: self.storage.check(cx)?,
         })
     }
 }
@@ -773,6 +772,27 @@ impl RawSessions {
         Ok(SessionsConfig {
             max_idle: positive(&self.max_idle, "sessions.max_idle", d.max_idle)?,
             expiry: positive(&self.expiry, "sessions.expiry", d.expiry)?,
+        })
+    }
+}
+
+impl RawStorage {
+    fn check(&self, cx: &Cx) -> Result<StorageConfig, ConfigError> {
+        let d = StorageConfig::default();
+        let commit_interval = match cx.duration(&self.commit_interval, "storage.commit_interval")? {
+            Some((interval, span)) if interval > Duration::from_secs(1) => {
+                return Err(cx.invalid(
+                    span,
+                    "storage.commit_interval",
+                    "must be at most 1s (everything the gateway sends waits for it)",
+                ))
+            }
+            Some((interval, _)) => interval,
+            None => d.commit_interval,
+        };
+        Ok(StorageConfig {
+            dir: cx.path(&self.dir, "storage.dir")?,
+            commit_interval,
         })
     }
 }

@@ -55,10 +55,23 @@ pub struct Config {
 
 /// `[storage]`: the state directory. Without one, sessions live in memory only and a restart
 /// forgets them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
     /// The directory of the session store (`sessions.redb` in it), created if missing.
     pub dir: Option<PathBuf>,
+    /// At most one commit (one fsync) per this interval: changes that come sooner wait for
+    /// it, together with everything the gateway would send meanwhile. 0: a commit after every
+    /// batch of work.
+    pub commit_interval: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dir: None,
+            commit_interval: Duration::from_millis(10),
+        }
+    }
 }
 
 /// `[limits]`: per-device bounds, so that one device cannot take what the others need.

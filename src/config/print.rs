@@ -123,6 +123,10 @@ pub(super) fn to_toml(config: &Config) -> String {
         Some(dir) => out.optional_path("dir", Some(dir)),
         None => out.unset("dir", "sessions in memory only; a restart forgets them"),
     }
+    out.string(
+        "commit_interval",
+        &config.storage.commit_interval.to_string(),
+    );
 
     let l = &config.limits;
     out.table("[limits]");

@@ -1,12 +1,22 @@
-//! The driver's side of durability: one commit per batch of the event loop, before the batch's
-//! outputs are sent, and what happens when the disk fails (full, read-only, I/O errors): the
-//! error is logged and counted, traffic goes on with sessions in memory, and the store is
-//! tried again, written afresh, every [`RETRY_AFTER`].
+//! The driver's side of durability: when the engine's changes are committed, and what waits
+//! for them.
+//!
+//! After every batch of inputs the engine's changes are staged in memory ([`Staged`]). They are
+//! committed, as one append to the log (one fdatasync), at most once per `storage.commit_interval`:
+//! at once when the last commit is older than that (an idle gateway adds no latency), else
+//! when the interval is up. Until the commit, nothing the gateway would send goes out (the
+//! driver holds it), so nothing is acknowledged that a crash could lose, and the order of what
+//! is sent is kept. When the disk fails (full, read-only, I/O errors) the error is logged and
+//! counted, traffic goes on with sessions in memory, and the store is tried again, written
+//! afresh, every [`RETRY_AFTER`].
 
+use std::ops::Range;
+
+use mqttsn_core::engine::persist::{SessionStore, StoreError};
 use mqttsn_core::engine::Gateway;
 use mqttsn_core::time::{Duration, Instant};
 
-use super::RedbStore;
+use super::LogStore;
 
 /// How long the gateway runs in memory after a failed commit before it tries the store again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -28,21 +38,86 @@ pub struct StorageTotals {
     pub errors: u64,
     /// Store files moved aside at start (damaged or of another format).
     pub moved_aside: u64,
+    /// Times the log was written afresh (compacted).
+    pub compactions: u64,
+    /// Bytes of the log file now.
+    pub file_bytes: u64,
+}
+
+/// One change for the store, kept until the commit.
+enum Op {
+    PutSession(String, Vec<u8>),
+    RemoveSession(String),
+    PutMessage(String, u64, Vec<u8>),
+    RemoveMessages(String, Range<u64>),
+    Clear,
+}
+
+/// The engine's changes since the last commit, in order.
+#[derive(Default)]
+struct Staged {
+    ops: Vec<Op>,
+}
+
+impl SessionStore for Staged {
+    fn put_session(&mut self, client_id: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.ops
+            .push(Op::PutSession(client_id.to_owned(), record.to_vec()));
+        Ok(())
+    }
+    fn remove_session(&mut self, client_id: &str) -> Result<(), StoreError> {
+        self.ops.push(Op::RemoveSession(client_id.to_owned()));
+        Ok(())
+    }
+    fn put_message(&mut self, client_id: &str, seq: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.ops
+            .push(Op::PutMessage(client_id.to_owned(), seq, record.to_vec()));
+        Ok(())
+    }
+    fn remove_messages(&mut self, client_id: &str, seqs: Range<u64>) -> Result<(), StoreError> {
+        self.ops
+            .push(Op::RemoveMessages(client_id.to_owned(), seqs));
+        Ok(())
+    }
+    fn clear(&mut self) -> Result<(), StoreError> {
+        self.ops.clear();
+        self.ops.push(Op::Clear);
+        Ok(())
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Whether the outputs of the inputs so far may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    /// Now: everything they depend on is stored (or nothing needed storing).
+    Ready,
+    /// After the commit due at this time ([`GroupCommit::commit`]).
+    HeldUntil(Instant),
 }
 
 /// The store and its commit policy.
 pub struct GroupCommit {
-    store: RedbStore,
-    /// Set after a failure: no write is tried before then.
+    store: LogStore,
+    staged: Staged,
+    interval: Duration,
+    last_commit: Option<Instant>,
+    /// Set after a failure: nothing is staged or written before then.
     retry_at: Option<Instant>,
     totals: StorageTotals,
 }
 
 impl GroupCommit {
-    /// Commits into `store`; `moved_aside` is what opening it cost (see [`super::open`]).
-    pub fn new(store: RedbStore, moved_aside: u64) -> Self {
+    /// Commits into `store` at most once per `interval`; `moved_aside` is what opening it
+    /// cost (see [`super::open`]).
+    pub fn new(store: LogStore, interval: Duration, moved_aside: u64) -> Self {
         GroupCommit {
             store,
+            staged: Staged::default(),
+            interval,
+            last_commit: None,
             retry_at: None,
             totals: StorageTotals {
                 moved_aside,
@@ -51,35 +126,103 @@ impl GroupCommit {
         }
     }
 
-    /// Writes what the engine changed since the last call, in one transaction, durably.
-    /// Returns at once when nothing changed (an idle gateway writes nothing) and while waiting
-    /// to retry after a failure.
+    /// After a batch of inputs: stages what the engine changed and commits if one is due.
+    pub fn after_batch(&mut self, engine: &mut Gateway, now: Instant) -> Outputs {
+        if self.retry_at.is_some_and(|at| now < at) {
+            return Outputs::Ready; // in memory until the retry
+        }
+        self.stage(engine);
+        if self.staged.ops.is_empty() {
+            return Outputs::Ready;
+        }
+        match self.last_commit.map(|at| at + self.interval) {
+            Some(due) if now < due => Outputs::HeldUntil(due),
+            _ => {
+                self.commit(engine, now);
+                Outputs::Ready
+            }
+        }
+    }
+
+    /// Stages what is left and commits everything staged, in one transaction.
     pub fn commit(&mut self, engine: &mut Gateway, now: Instant) {
-        if !engine.persist_pending() || self.retry_at.is_some_and(|at| now < at) {
+        if self.retry_at.is_some_and(|at| now < at) {
             return;
         }
-        match engine.persist(&mut self.store) {
-            Ok(stats) => {
+        self.stage(engine);
+        if self.staged.ops.is_empty() {
+            return;
+        }
+        self.last_commit = Some(now);
+        let ops = std::mem::take(&mut self.staged.ops);
+        match self.write(ops) {
+            Ok(()) => {
+                self.totals.commits += 1;
                 if self.retry_at.take().is_some() {
                     tracing::info!("the session store is written again");
                 }
-                let t = &mut self.totals;
-                t.commits += u64::from(stats.committed);
-                t.sessions_written += stats.sessions as u64;
-                t.messages_written += stats.messages as u64;
-                t.sessions_removed += stats.removed as u64;
-                t.bytes_written += stats.bytes as u64;
+                if self.store.wants_compaction() {
+                    self.compact(engine);
+                }
+                self.totals.file_bytes = self.store.size();
             }
             Err(e) => {
                 self.store.abort();
+                engine.persist_failed();
                 self.totals.errors += 1;
                 self.retry_at = Some(now + RETRY_AFTER);
-                // At most one line per RETRY_AFTER: the next attempt waits that long.
+                // At most one line per RETRY_AFTER: nothing is tried before then.
                 tracing::error!(error = %e, errors = self.totals.errors,
                     retry_in = %RETRY_AFTER,
                     "cannot write the session store; sessions are kept in memory until it works again");
             }
         }
+    }
+
+    /// Writes the engine's whole state into a new file in place of the grown log. Right after a
+    /// commit, so the old file holds the same state: if this fails, it is still good.
+    fn compact(&mut self, engine: &mut Gateway) {
+        let before = self.store.size();
+        match self
+            .store
+            .replace(|fresh| engine.persist_everything(fresh).map(|_| ()))
+        {
+            Ok(()) => {
+                self.totals.compactions += 1;
+                tracing::debug!(before, after = self.store.size(), "session store compacted");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot compact the session store; it goes on growing")
+            }
+        }
+    }
+
+    fn stage(&mut self, engine: &mut Gateway) {
+        if !engine.persist_pending() {
+            return;
+        }
+        // Staging into memory cannot fail.
+        if let Ok(stats) = engine.persist(&mut self.staged) {
+            let t = &mut self.totals;
+            t.sessions_written += stats.sessions as u64;
+            t.messages_written += stats.messages as u64;
+            t.sessions_removed += stats.removed as u64;
+            t.bytes_written += stats.bytes as u64;
+        }
+    }
+
+    fn write(&mut self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let store = &mut self.store;
+        for op in ops {
+            match op {
+                Op::PutSession(id, record) => store.put_session(&id, &record)?,
+                Op::RemoveSession(id) => store.remove_session(&id)?,
+                Op::PutMessage(id, seq, record) => store.put_message(&id, seq, &record)?,
+                Op::RemoveMessages(id, seqs) => store.remove_messages(&id, seqs)?,
+                Op::Clear => store.clear()?,
+            }
+        }
+        store.commit()
     }
 
     /// The totals so far.

@@ -1,5 +1,5 @@
 //! `mqttsn-gateway state FILE`: what a session store holds, for a person debugging a field
-//! unit. Opens the file read-only; the gateway that owns it must be stopped (or the file copied).
+//! unit.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -7,65 +7,39 @@ use std::path::Path;
 use mqttsn_core::engine::persist::record::{decode_message, decode_session, SessionImage};
 use mqttsn_core::engine::persist::StoredSession;
 
-use super::redb_store::{format_of, load_from};
+use super::log_store::{replay, OpenError};
 use super::STORE_FORMAT;
 
-/// The report on the store at `path`, or why it cannot be read.
+/// The report on the store at `path`, or why it cannot be read. The file is only read, so a
+/// running gateway's store can be inspected too (a commit being written is left out).
 pub fn describe(path: &Path) -> Result<String, String> {
-    super::guarded(|| read_report(path))
-}
-
-fn read_report(path: &Path) -> Result<String, String> {
-    match redb::ReadOnlyDatabase::open(path) {
-        Ok(db) => report(path, &db, ""),
-        // Not closed cleanly (the gateway was killed, or lost power): redb repairs such a file
-        // when it is next opened for writing, which this tool must not do to the original.
-        Err(redb::DatabaseError::RepairAborted) => {
-            let copy = std::env::temp_dir()
-                .join(format!("mqttsn-gateway-state-{}.redb", std::process::id()));
-            std::fs::copy(path, &copy).map_err(|e| format!("{}: {e}", path.display()))?;
-            let result = redb::Database::create(&copy)
-                .map_err(|e| format!("{}: {e}", path.display()))
-                .and_then(|db| {
-                    report(
-                        path,
-                        &db,
-                        " (not closed cleanly: read from a repaired copy; the gateway repairs the file itself when it starts)",
-                    )
-                });
-            let _ = std::fs::remove_file(&copy);
-            result
-        }
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(format!(
-            "{}: in use by a running gateway; stop it, or copy the file and inspect the copy",
-            path.display()
-        )),
-        Err(other) => Err(format!("{}: {other}", path.display())),
-    }
-}
-
-fn report(path: &Path, db: &impl redb::ReadableDatabase, note: &str) -> Result<String, String> {
-    let format = format_of(db).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = String::new();
-    match format {
-        None => {
-            let _ = writeln!(out, "{}: empty store", path.display());
-            return Ok(out);
-        }
-        Some(STORE_FORMAT) => {}
-        Some(other) => {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let replayed = match replay(&mut file) {
+        Ok(replayed) => replayed,
+        Err(OpenError::Format(v)) => {
             return Err(format!(
-                "{}: store format {other}; this version reads {STORE_FORMAT}",
+                "{}: store format {v}; this version reads {STORE_FORMAT}",
                 path.display()
             ))
         }
-    }
-    let sessions = load_from(db).map_err(|e| format!("{}: {e}", path.display()))?;
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let torn = if replayed.torn > 0 {
+        format!(
+            " (and {} bytes of a commit not finished, which does not count)",
+            replayed.torn
+        )
+    } else {
+        String::new()
+    };
+    let sessions = replayed.contents.into_sessions();
     let held: usize = sessions.iter().map(|s| s.messages.len()).sum();
+    let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}: store format {STORE_FORMAT}, {} sessions, {held} held messages{note}",
+        "{}: store format {STORE_FORMAT}, {} commits, {} sessions, {held} held messages{torn}",
         path.display(),
+        replayed.commits,
         sessions.len()
     );
     for stored in &sessions {

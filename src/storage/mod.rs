@@ -5,20 +5,21 @@
 
 pub mod group_commit;
 pub mod inspect;
-mod redb_store;
+pub mod log_store;
 
 use std::path::{Path, PathBuf};
 
 use mqttsn_core::engine::persist::StoredSession;
 use thiserror::Error;
 
-pub use redb_store::RedbStore;
+pub use log_store::LogStore;
+use log_store::OpenError;
 
 /// The store's file in the state directory.
-pub const FILE_NAME: &str = "sessions.redb";
+pub const FILE_NAME: &str = "sessions.log";
 
-/// The layout version of the file (its tables and keys; each session record carries its own
-/// version too). A file of another version is moved aside, never misread.
+/// The layout version of the file (its framing and change records; each session record
+/// carries its own version too). A file of another version is moved aside, never misread.
 pub const STORE_FORMAT: u64 = 1;
 
 /// Why the gateway must not start with this state directory.
@@ -32,7 +33,7 @@ pub enum StorageError {
 /// What opening the state directory gave.
 pub struct Opened {
     /// The store, or `None` when the gateway runs with sessions in memory only.
-    pub store: Option<RedbStore>,
+    pub store: Option<LogStore>,
     /// The sessions to restore.
     pub sessions: Vec<StoredSession>,
     /// Files moved aside because they could not be used (0 or 1).
@@ -55,13 +56,13 @@ pub fn open(dir: &Path) -> Result<Opened, StorageError> {
     let path = dir.join(FILE_NAME);
     let reason = match try_open(&path) {
         Ok(opened) => return Ok(opened),
-        Err(Failure::InUse) => return Err(StorageError::InUse(path)),
-        Err(Failure::Unwritable(e)) => {
+        Err(OpenError::InUse) => return Err(StorageError::InUse(path)),
+        Err(OpenError::Unwritable(e)) => {
             tracing::error!(file = %path.display(), error = %e,
                 "cannot write the session store; sessions are kept in memory only");
             return Ok(in_memory(0));
         }
-        Err(Failure::Unusable(reason)) => reason,
+        Err(reason @ (OpenError::Damaged(_) | OpenError::Format(_))) => reason,
     };
     let aside = aside_name(&path, std::time::SystemTime::now());
     if let Err(e) = std::fs::rename(&path, &aside) {
@@ -76,8 +77,8 @@ pub fn open(dir: &Path) -> Result<Opened, StorageError> {
             moved_aside: 1,
             ..opened
         }),
-        Err(Failure::InUse) => Err(StorageError::InUse(path)),
-        Err(Failure::Unwritable(e) | Failure::Unusable(e)) => {
+        Err(OpenError::InUse) => Err(StorageError::InUse(path)),
+        Err(e) => {
             tracing::error!(file = %path.display(), error = %e,
                 "cannot create a new session store; sessions are kept in memory only");
             Ok(in_memory(1))
@@ -85,92 +86,20 @@ pub fn open(dir: &Path) -> Result<Opened, StorageError> {
     }
 }
 
-enum Failure {
-    InUse,
-    /// The directory or file cannot be written (permissions, read-only file system).
-    Unwritable(String),
-    /// The file is damaged, not a store, or of another format.
-    Unusable(String),
-}
-
-/// Runs `f`, turning a panic inside the store library into an error: redb has been seen to
-/// panic ("entered unreachable code") on a file whose pages are inconsistent, and a damaged
-/// file must never stop the gateway (or the `state` tool).
-pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        Err(format!("the store library failed on this file: {what}"))
-    })
-}
-
-fn try_open(path: &Path) -> Result<Opened, Failure> {
-    let mut failure = None;
-    let opened = guarded(|| {
-        open_and_load(path).map_err(|f| {
-            failure = Some(f);
-            String::new()
-        })
-    });
-    match (opened, failure) {
-        (Ok(opened), _) => Ok(opened),
-        (Err(_), Some(failure)) => Err(failure),
-        (Err(panic), None) => Err(Failure::Unusable(panic)),
+fn try_open(path: &Path) -> Result<Opened, OpenError> {
+    let (store, replayed) = LogStore::open(path)?;
+    if replayed.torn > 0 {
+        tracing::info!(file = %path.display(), bytes = replayed.torn,
+            "the last commit was cut short (the gateway stopped while writing it) and is dropped");
     }
-}
-
-fn open_and_load(path: &Path) -> Result<Opened, Failure> {
-    let mut store = RedbStore::open(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
-            Failure::InUse
-        }
-        redb::DatabaseError::Storage(redb::StorageError::Io(io)) if unwritable(&io) => {
-            Failure::Unwritable(io.to_string())
-        }
-        other => Failure::Unusable(other.to_string()),
-    })?;
-    match store
-        .format()
-        .map_err(|e| Failure::Unusable(e.to_string()))?
-    {
-        None => {
-            store
-                .initialise(STORE_FORMAT)
-                .map_err(|e| Failure::Unwritable(e.to_string()))?;
-        }
-        Some(STORE_FORMAT) => {}
-        Some(0) => {
-            return Err(Failure::Unusable(
-                "not a session store of this gateway".into(),
-            ))
-        }
-        Some(other) => {
-            // No older layout exists yet; a newer one comes from a later version of the
-            // gateway (a downgrade) and cannot be read safely.
-            return Err(Failure::Unusable(format!(
-                "store format {other}, this version reads {STORE_FORMAT}"
-            )));
-        }
-    }
-    let sessions = store.load().map_err(|e| Failure::Unusable(e.to_string()))?;
     Ok(Opened {
         store: Some(store),
-        sessions,
+        sessions: replayed.contents.into_sessions(),
         moved_aside: 0,
     })
 }
 
-fn unwritable(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
-    )
-}
-
-/// `<file>.damaged-<UTC time>`, e.g. `sessions.redb.damaged-20261204T183012Z`.
+/// `<file>.damaged-<UTC time>`, e.g. `sessions.log.damaged-20261204T183012Z`.
 fn aside_name(path: &Path, now: std::time::SystemTime) -> PathBuf {
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)

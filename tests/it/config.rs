@@ -163,6 +163,7 @@ expiry = "2h"
 
 [storage]
 dir = "state"
+commit_interval = "25ms"
 
 [limits]
 frame_rate = 7
@@ -284,6 +285,7 @@ fn full_config() -> Config {
         },
         storage: StorageConfig {
             dir: Some("state".into()),
+            commit_interval: Duration::from_millis(25),
         },
     }
 }

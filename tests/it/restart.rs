@@ -90,16 +90,14 @@ async fn receive(dev: &Device, want: usize, until_pingresp: bool) -> Vec<String>
     }
 }
 
-/// Waits until the store, read as a power cut would leave it (a copy of the file, repaired on
-/// reading), says `needle`.
+/// Waits until the store, read as a power cut would leave it (`mqttsn-gateway state`
+/// reads the live file, leaving out a commit being written), says `needle`.
 fn await_stored(dir: &Path, needle: &str) {
-    let copy = dir.with_extension("copy.redb");
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
-        std::fs::copy(dir.join("sessions.redb"), &copy).unwrap();
-        let report = mqttsn_gateway::storage::inspect::describe(&copy).unwrap_or_default();
+        let report = mqttsn_gateway::storage::inspect::describe(&dir.join("sessions.log"))
+            .unwrap_or_default();
         if report.contains(needle) {
-            let _ = std::fs::remove_file(&copy);
             return;
         }
         assert!(
@@ -333,10 +331,10 @@ async fn a_damaged_store_is_moved_aside_and_the_gateway_starts_empty() {
     let broker = Mosquitto::start();
     let dir = temp_dir("damaged");
     let garbage = vec![0xA5u8; 8192];
-    std::fs::write(dir.join("sessions.redb"), &garbage).unwrap();
+    std::fs::write(dir.join("sessions.log"), &garbage).unwrap();
     let log = serves_then_stops(&broker, &dir, None).await;
     assert!(
-        logged(&log, &["ERROR", "moved aside", "sessions.redb"]),
+        logged(&log, &["ERROR", "moved aside", "sessions.log"]),
         "{log:#?}"
     );
     assert!(
@@ -346,7 +344,7 @@ async fn a_damaged_store_is_moved_aside_and_the_gateway_starts_empty() {
     let aside: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains("sessions.redb.damaged-"))
+        .filter(|p| p.to_string_lossy().contains("sessions.log.damaged-"))
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(std::fs::read(&aside[0]).unwrap(), garbage, "kept as it was");
@@ -357,13 +355,7 @@ async fn a_damaged_store_is_moved_aside_and_the_gateway_starts_empty() {
 async fn a_store_of_another_format_is_moved_aside() {
     let broker = Mosquitto::start();
     let dir = temp_dir("format");
-    {
-        let db = redb::Database::create(dir.join("sessions.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
-        txn.open_table(meta).unwrap().insert("format", 99).unwrap();
-        txn.commit().unwrap();
-    }
+    mqttsn_gateway::storage::log_store::create_empty(&dir.join("sessions.log"), 99).unwrap();
     let log = serves_then_stops(&broker, &dir, None).await;
     assert!(
         logged(
@@ -393,4 +385,83 @@ async fn a_read_only_state_directory_runs_in_memory() {
         "{log:#?}"
     );
     let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+}
+
+/// Unmounts a test's file system when the test ends, however it ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Test 5d: a full disk is logged and counted, and traffic goes on with sessions in memory.
+/// The state directory is a 1 MiB file system of its own, filled up (mounting it needs root;
+/// where that is refused the test says so and checks nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_logged_and_traffic_goes_on() {
+    let broker = Mosquitto::start();
+    let dir = temp_dir("full");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED a_full_disk_is_logged_and_traffic_goes_on: cannot mount a tmpfs here");
+        return;
+    }
+    let _unmount = Unmount(dir.clone());
+    let mut gw = blocking(|| GatewayProcess::start(&config("aggregating", &broker), &dir));
+    let dev = Device::new(gw.udp).await;
+    connect(&dev, "on-full-disk", true).await;
+    let ack = dev
+        .subscribe(TopicFilter::Name("restart/full"), QoS::One, 1)
+        .await;
+    assert_eq!(ack.return_code, ReturnCode::Accepted);
+    dev.send(Message::PingReq { client_id: None }).await;
+    dev.recv_until(|m| matches!(m, Message::PingResp)).await;
+    // Fill the file system to the last byte.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while filler.write_all(&block).is_ok() {}
+        let _ = filler.write_all(&[0]);
+    }
+    // Messages large enough that storing them needs more space than the file has now (the
+    // file system gives out whole pages).
+    let mut app = Client::connect(broker.port(), "app").await;
+    let payloads: Vec<String> = (0..3).map(|i| format!("{i}{}", "x".repeat(2000))).collect();
+    for payload in &payloads {
+        app.publish(
+            "restart/full",
+            MqttQoS::AtLeastOnce,
+            false,
+            payload.as_bytes(),
+        )
+        .await;
+    }
+    assert_eq!(receive(&dev, 3, false).await, payloads);
+    blocking(|| gw.stop());
+    let log = gw.log();
+    assert!(
+        logged(
+            &log,
+            &["ERROR", "cannot write the session store", "in memory"]
+        ),
+        "{log:#?}"
+    );
+    assert!(logged(&log, &["storage totals", "errors: 1,"]), "{log:#?}");
+    for line in log
+        .iter()
+        .filter(|l| l.contains("cannot write") || l.contains("storage totals"))
+    {
+        eprintln!("{line}");
+    }
 }

@@ -198,6 +198,8 @@ pub struct Client {
     pub verified: bool,
     /// While not verified: bytes received from `peer` less bytes sent to it.
     pub credit: u32,
+    /// Changed since the engine last persisted (listed once in its changed-sessions list).
+    pub unpersisted: bool,
     /// State most devices never need, allocated on first use, so an idle session stays small.
     extras: Option<Box<Extras>>,
 }
@@ -249,6 +251,7 @@ impl Client {
             overdraft_share: OverdraftShare::default(),
             verified: false,
             credit: 0,
+            unpersisted: false,
             extras: None,
         }
     }

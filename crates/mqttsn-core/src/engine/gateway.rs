@@ -381,10 +381,11 @@ impl Gateway {
 
     /// The one way to change a session, so that persistence sees every change.
     pub(super) fn client_mut(&mut self, key: ClientKey) -> Option<&mut Client> {
+        let client = self.clients.get_mut(key.0)?;
         if let Some(persist) = self.persist.as_deref_mut() {
-            persist.touch(key);
+            persist.touch(key, client);
         }
-        self.clients.get_mut(key.0)
+        Some(client)
     }
 
     /// The client in `key` if it is still the session `generation` refers to.
@@ -406,8 +407,10 @@ impl Gateway {
         let mut client = Client::new(self.generation, client_id.clone(), peer, now);
         client.frame_budget = self.address_frame_budget(peer);
         let key = ClientKey(self.clients.insert(client));
-        if let Some(persist) = self.persist.as_deref_mut() {
-            persist.touch(key);
+        if let (Some(persist), Some(client)) =
+            (self.persist.as_deref_mut(), self.clients.get_mut(key.0))
+        {
+            persist.touch(key, client);
         }
         self.by_client_id.insert(client_id, key);
         self.by_peer.insert(peer, key);

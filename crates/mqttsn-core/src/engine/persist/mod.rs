@@ -152,8 +152,10 @@ impl Persistence {
         }
     }
 
-    pub(super) fn touch(&mut self, key: ClientKey) {
-        if !self.rewrite {
+    /// `client` (in `key`) is about to change: listed once until the next persist.
+    pub(super) fn touch(&mut self, key: ClientKey, client: &mut super::client::Client) {
+        if !self.rewrite && !client.unpersisted {
+            client.unpersisted = true;
             self.dirty.push(key);
         }
     }
@@ -165,12 +167,16 @@ impl Persistence {
     }
 }
 
-/// Sessions in these states are written; the others are half-way through a CONNECT.
-fn is_kept(state: State) -> bool {
-    matches!(
-        state,
-        State::Active | State::Asleep | State::Awake | State::Disconnected
-    )
+/// Whether a restart keeps the session. One half-way through a CONNECT is kept only if that
+/// CONNECT keeps the session (CleanSession=0): then it is written as a session of a device
+/// that is not connected, with what it holds (broker messages keep coming for it, and were
+/// acknowledged). With CleanSession=1 the CONNECT has discarded the old session and the new
+/// one begins only once the handshake completes.
+fn is_kept(client: &super::client::Client) -> bool {
+    match client.state {
+        State::Active | State::Asleep | State::Awake | State::Disconnected => true,
+        State::WillTopic | State::WillMsg | State::Connecting => !client.clean_session,
+    }
 }
 
 fn record_hash(bytes: &[u8]) -> u64 {
@@ -203,17 +209,38 @@ impl Gateway {
         let Some(mut p) = self.persist.take() else {
             return Ok(PersistStats::default());
         };
+        if p.rewrite {
+            p.dirty = self.clients.iter().map(|(k, _)| ClientKey(k)).collect();
+        }
+        // From here on, a change lists its session again for the next persist.
+        for key in &p.dirty {
+            if let Some(client) = self.clients.get_mut(key.0) {
+                client.unpersisted = false;
+            }
+        }
         let result = self.write_changes(&mut p, store);
-        if result.is_ok() {
-            p.rewrite = false;
-        } else {
+        self.persist = Some(p);
+        match result {
+            Ok(_) => {
+                if let Some(p) = self.persist.as_mut() {
+                    p.rewrite = false;
+                }
+            }
+            Err(_) => self.persist_failed(),
+        }
+        result
+    }
+
+    /// What [`Gateway::persist`] wrote did not reach the store after all (the driver stages
+    /// changes and commits them later, and that commit failed): the next persist writes
+    /// everything afresh, and nothing is tracked until then.
+    pub fn persist_failed(&mut self) {
+        if let Some(p) = self.persist.as_mut() {
             p.rewrite = true;
             p.dirty = Vec::new();
             p.removed = Vec::new();
             p.marks.clear();
         }
-        self.persist = Some(p);
-        result
     }
 
     /// Writes everything afresh into `store` (as after a failed commit), and commits.
@@ -238,7 +265,6 @@ impl Gateway {
             store.clear()?;
             p.marks.clear();
             p.removed.clear();
-            p.dirty = self.clients.iter().map(|(k, _)| ClientKey(k)).collect();
             stats.rewrite = true;
         } else if p.dirty.is_empty() && p.removed.is_empty() {
             return Ok(stats);
@@ -251,14 +277,15 @@ impl Gateway {
                 stats.removed += 1;
             }
         }
+        // Each session is listed once (`Client::unpersisted`); in key order, so that the
+        // store sees the same writes for the same inputs.
         let mut dirty = std::mem::take(&mut p.dirty);
         dirty.sort_unstable();
-        dirty.dedup();
         for key in dirty {
             let Some(client) = self.client(key) else {
                 continue;
             };
-            if !is_kept(client.state) {
+            if !is_kept(client) {
                 continue;
             }
             let id = &client.client_id;
@@ -272,7 +299,7 @@ impl Gateway {
                 stats.bytes += p.scratch.len();
             }
             let head = client.queue_head;
-            let tail = head + client.queued() as u64;
+            let tail = head.saturating_add(client.queued() as u64);
             // Only ever taken from the front and added at the back: what left is below
             // `head`, what is new from the old tail on.
             let (old_head, old_tail) = mark.map_or((head, head), |m| (m.head, m.tail));
@@ -342,18 +369,17 @@ impl Gateway {
         if self.clients.len() >= self.settings.max_clients {
             return Err(RestoreError::Full);
         }
+        // The held messages are the numbered records, oldest first, without a gap (a commit
+        // adds at the end and removes at the front). Numbers from a hostile or damaged file
+        // near the end of the range are refused: they would overflow while counting on.
         let mut messages = stored.messages;
         messages.sort_unstable_by_key(|m| m.0);
-        let wanted = image.queue_head..image.queue_head + u64::from(image.held);
-        // The held messages in order, as far as they are there without a gap.
+        let queue_head = messages.first().map_or(0, |m| m.0);
         let mut downs = Vec::new();
         for (seq, bytes) in messages {
-            if !wanted.contains(&seq) {
-                report.messages_dropped += 1;
-                continue;
-            }
+            let expected = queue_head.checked_add(downs.len() as u64);
             match record::decode_message(&bytes) {
-                Ok(down) if seq == image.queue_head + downs.len() as u64 => downs.push(down),
+                Ok(down) if Some(seq) == expected && seq < u64::MAX / 2 => downs.push(down),
                 _ => report.messages_dropped += 1,
             }
         }
@@ -416,7 +442,7 @@ impl Gateway {
                 retry_at,
             })
         });
-        client.queue_head = image.queue_head;
+        client.queue_head = queue_head;
         for down in downs {
             let size = down.size();
             match client.push_down(down, size, &limits) {
@@ -458,13 +484,13 @@ impl Gateway {
         }
         self.supervise(key);
         if let Some(p) = self.persist.as_mut() {
-            let head = image.queue_head;
+            let head = queue_head;
             p.marks.insert(
                 client_id,
                 Mark {
                     hash: record_hash(&stored.record),
                     head,
-                    tail: head + queued as u64,
+                    tail: head.saturating_add(queued as u64),
                 },
             );
         }

@@ -63,10 +63,6 @@ pub struct SessionImage {
     pub up: Vec<UpFlight>,
     /// The one gateway-to-device exchange awaiting its answer.
     pub inflight: Option<(InflightKind, u16)>,
-    /// Sequence number of its oldest held message; the next `held` numbers follow it.
-    pub queue_head: u64,
-    /// How many messages it holds.
-    pub held: u32,
 }
 
 /// Appends the stored form of a session to `out`.
@@ -78,9 +74,11 @@ pub(crate) fn encode_session(
     let mut w = Writer(out);
     w.u8(SESSION_FORMAT);
     w.u8(match client.state {
+        State::Active => 0,
         State::Asleep | State::Awake => 1,
-        State::Disconnected => 2,
-        _ => 0,
+        // Half-way through a CONNECT (only written for a kept session): what is kept is the
+        // session of a device that is not connected until the handshake completes.
+        State::Disconnected | State::WillTopic | State::WillMsg | State::Connecting => 2,
     });
     w.u8(u8::from(client.clean_session) | u8::from(client.verified) << 1);
     w.u16(client.keep_alive_secs);
@@ -143,8 +141,8 @@ pub(crate) fn encode_session(
             w.u16(*msg_id);
         }
     }
-    w.u64(client.queue_head);
-    w.u32(u32::try_from(client.queued()).unwrap_or(u32::MAX));
+    // The held messages are records of their own (numbered from `Client::queue_head`), so a
+    // message passing through the queue does not change this record.
 }
 
 /// Reads a session record written by [`encode_session`].
@@ -238,8 +236,6 @@ pub fn decode_session(bytes: &[u8]) -> Result<SessionImage, RecordError> {
         filters,
         up,
         inflight,
-        queue_head: r.u64()?,
-        held: r.u32()?,
     };
     r.end()?;
     Ok(image)
