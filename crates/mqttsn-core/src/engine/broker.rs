@@ -291,7 +291,8 @@ impl Gateway {
         }
     }
 
-    /// Publishes to the broker; false if the message could not be accepted.
+    /// Publishes to the broker: `None` if the message could not be accepted, else its packet
+    /// id (0 at QoS 0).
     pub(super) fn publish_upstream(
         &mut self,
         conn: ConnId,
@@ -300,21 +301,20 @@ impl Gateway {
         qos: QoS,
         retain: bool,
         token: u64,
-    ) -> bool {
-        let Some(up) = self.upstreams.get_mut(&conn) else {
-            return false;
-        };
+    ) -> Option<u16> {
+        let up = self.upstreams.get_mut(&conn)?;
         let now = self.now;
         let qos = mqtt::QoS::from_sn(qos).unwrap_or(mqtt::QoS::AtMostOnce);
-        let ok = up
+        let pid = up
             .session
             .publish(now, topic, Bytes::copy_from_slice(data), qos, retain, token)
-            .is_ok();
-        if ok {
+            .ok()
+            .map(|pid| pid.unwrap_or(0));
+        if pid.is_some() {
             self.counters.published_up += 1;
         }
         self.drain_session(now, conn);
-        ok
+        pid
     }
 
     /// Subscribes upstream; false if the session could not take the request.
@@ -366,7 +366,17 @@ impl Gateway {
             return; // QoS 2 already completed with the device at PUBREL
         };
         if up.qos != QoS::One {
-            return; // QoS 2 completes with the device's PUBREL
+            // QoS 2 completes with the device's PUBREL; upstream its packet id is free again,
+            // and nothing is left to release after a restart.
+            if let Some(flight) = client
+                .extras_mut()
+                .up
+                .iter_mut()
+                .find(|u| u.msg_id == msg_id)
+            {
+                flight.pid = 0;
+            }
+            return;
         }
         client.extras_mut().up.retain(|u| u.msg_id != msg_id);
         client.tidy();

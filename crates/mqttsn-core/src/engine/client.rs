@@ -134,6 +134,9 @@ pub struct UpFlight {
     pub qos: QoS,
     /// Progress.
     pub stage: UpStage,
+    /// The packet id it went upstream with (kept across a restart for QoS 2, see
+    /// [`super::mqtt::MqttSession::resume_release`]).
+    pub pid: u16,
 }
 
 /// A SUBSCRIBE waiting for the broker's SUBACK.

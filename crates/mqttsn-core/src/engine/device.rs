@@ -612,16 +612,17 @@ impl Gateway {
             return refuse(self, ReturnCode::Congestion);
         }
         let tok = token(key, generation, p.msg_id);
-        if !self.publish_upstream(conn, &topic, p.data, p.qos, p.retain, tok) {
+        let Some(pid) = self.publish_upstream(conn, &topic, p.data, p.qos, p.retain, tok) else {
             // Not accepted upstream (no packet id free): say so rather than stay silent.
             return refuse(self, ReturnCode::Congestion);
-        }
+        };
         if let Some(client) = self.client_mut(key) {
             client.extras_mut().up.push(UpFlight {
                 msg_id: p.msg_id,
                 topic_id,
                 qos: p.qos,
                 stage: UpStage::Forwarded,
+                pid,
             });
         }
     }

@@ -544,8 +544,9 @@ impl MqttSession {
     /// [`MqttEvent::Received`] (QoS 2).
     ///
     /// QoS 0 is sent at once when connected, held until CONNACK while connecting, and refused
-    /// with [`MqttError::NotConnected`] otherwise. QoS 1 and 2 take a packet id and are kept
-    /// until acknowledged: sent at once when connected, otherwise after the next CONNACK.
+    /// with [`MqttError::NotConnected`] otherwise. QoS 1 and 2 take a packet id (returned) and
+    /// are kept until acknowledged: sent at once when connected, otherwise after the next
+    /// CONNACK.
     pub fn publish(
         &mut self,
         now: Instant,
@@ -554,7 +555,7 @@ impl MqttSession {
         qos: QoS,
         retain: bool,
         token: u64,
-    ) -> Result<(), MqttError> {
+    ) -> Result<Option<u16>, MqttError> {
         topic::validate_topic_name(topic).map_err(MqttError::InvalidTopic)?;
         let mut packet = PublishPacket {
             topic: topic.to_owned(),
@@ -578,7 +579,7 @@ impl MqttSession {
                     return Err(MqttError::NotConnected)
                 }
             }
-            return Ok(());
+            return Ok(None);
         }
         packet.pid = self.allocate_pid()?;
         let pid = packet.pid;
@@ -588,7 +589,28 @@ impl MqttSession {
             PubState::Qos2
         };
         self.track(now, pid, token, OutKind::Publish { packet, state });
-        Ok(())
+        Ok(Some(pid))
+    }
+
+    /// After a restart: a QoS 2 PUBLISH an earlier session sent under `pid` may still be held
+    /// by the broker, waiting for PUBREL. PUBREL is sent after every CONNACK until PUBCOMP
+    /// comes (then [`MqttEvent::Published`] with `token`), and `pid` is not reused meanwhile, so
+    /// that a new message under the same id cannot be taken by the broker for a duplicate
+    /// (MQTT 3.1.1 §4.3.3). A broker that does not hold it answers PUBCOMP all the same.
+    pub fn resume_release(&mut self, now: Instant, pid: u16, token: u64) {
+        if pid == 0 || self.pids.contains_key(&pid) {
+            return;
+        }
+        let packet = PublishPacket {
+            topic: String::new(),
+            payload: Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            dup: true,
+            pid,
+        };
+        let state = PubState::Released;
+        self.track(now, pid, token, OutKind::Publish { packet, state });
     }
 
     /// Subscribes to one filter; `token` comes back in [`MqttEvent::Subscribed`]. Sent at once

@@ -479,6 +479,25 @@ impl Gateway {
                 }
             }
         }
+        // QoS 2 publishes the broker may hold from before, waiting for PUBREL: released
+        // after the next CONNACK, their packet ids kept from reuse until then.
+        let conn = self.conn_of(key);
+        let releases: Vec<(u16, u16)> = self
+            .client(key)
+            .map(|c| {
+                c.up()
+                    .iter()
+                    .filter(|u| u.pid != 0)
+                    .map(|u| (u.pid, u.msg_id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(up) = self.upstreams.get_mut(&conn) {
+            for (pid, msg_id) in releases {
+                let token = super::device::token(key, generation, msg_id);
+                up.session.resume_release(now, pid, token);
+            }
+        }
         if active_inflight {
             self.schedule(retry_at, Timer::Retry(key, generation));
         }

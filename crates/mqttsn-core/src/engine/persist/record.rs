@@ -117,6 +117,7 @@ pub(crate) fn encode_session(
     for flight in up {
         w.u16(flight.msg_id);
         w.u16(flight.topic_id);
+        w.u16(flight.pid);
         w.u8(match flight.stage {
             UpStage::Received => 1,
             UpStage::Forwarded | UpStage::Restored => 0,
@@ -191,6 +192,7 @@ pub fn decode_session(bytes: &[u8]) -> Result<SessionImage, RecordError> {
         up.push(UpFlight {
             msg_id: r.u16()?,
             topic_id: r.u16()?,
+            pid: r.u16()?,
             qos: QoS::Two,
             stage: match r.u8()? {
                 0 => UpStage::Restored,
