@@ -181,6 +181,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
             pool,
             recorder: recording.snlog,
             storage,
+            held: Vec::new(),
             shutdown: trigger,
         };
         let inputs = Inputs {
@@ -268,6 +269,9 @@ struct Io {
     recorder: Option<Recorder>,
     /// The session store, when `[storage] dir` is set and usable.
     storage: Option<GroupCommit>,
+    /// Frames for devices held until the next commit ([`flush_early`]); at most what one
+    /// commit interval produces.
+    held: Vec<crate::engine::Transmit>,
     /// Stops the transports' tasks (see [`shut_down`]).
     shutdown: Trigger,
 }
@@ -429,7 +433,10 @@ async fn event_loop(
         }
         let now = clock.now();
         match io.storage.as_mut().map(|s| s.after_batch(&mut engine, now)) {
-            Some(Outputs::HeldUntil(at)) => held_until = Some(at),
+            Some(Outputs::HeldUntil(at)) => {
+                held_until = Some(at);
+                flush_early(&mut engine, &mut io, now).await;
+            }
             Some(Outputs::Ready) | None => {
                 held_until = None;
                 flush(&mut engine, &mut io, now).await;
@@ -539,37 +546,64 @@ async fn flush(engine: &mut Gateway, io: &mut Io, now: Instant) {
             UpstreamCommand::Abort(conn) => io.pool.abort(conn),
         }
     }
+    for transmit in std::mem::take(&mut io.held) {
+        send_transmit(io, transmit, now).await;
+    }
     while let Some(transmit) = engine.poll_transmit() {
-        if io.recorder.is_some() {
-            let to = match transmit.to {
-                Destination::Peer(peer) => Endpoint::Device(peer),
-                Destination::Broadcast { .. } => Endpoint::Broadcast,
-            };
-            io.record(
-                now,
-                false,
-                to,
-                Payload::Bytes(bytes::Bytes::copy_from_slice(&transmit.bytes)),
-            );
-        }
-        match transmit.to {
-            Destination::Peer(peer) => match peer.link {
-                Link::Udp(addr) => io.udp.send_to(addr, &transmit.bytes).await,
-                Link::Serial { port, radio } => io.serial.send(port, radio, &transmit.bytes),
-            },
-            // ADVERTISE goes everywhere; GWINFO where the SEARCHGW came from.
-            Destination::Broadcast { near: None } => {
-                io.udp.broadcast(None, &transmit.bytes).await;
-                io.serial.broadcast(None, &transmit.bytes);
-            }
-            Destination::Broadcast { near: Some(peer) } => match peer.link {
-                Link::Udp(addr) => io.udp.broadcast(Some(addr), &transmit.bytes).await,
-                Link::Serial { port, .. } => io.serial.broadcast(Some(port), &transmit.bytes),
-            },
+        send_transmit(io, transmit, now).await;
+    }
+    while let Some(event) = engine.poll_event() {
+        log_event(event);
+    }
+}
+
+/// While changes wait for their group commit: sends what does not depend on them (see
+/// [`crate::engine::Transmit::after_commit`]), in order for each device, and holds the rest,
+/// and everything for the broker (acknowledgements of broker messages among it), for
+/// [`flush`] after the commit.
+async fn flush_early(engine: &mut Gateway, io: &mut Io, now: Instant) {
+    while let Some(transmit) = engine.poll_transmit() {
+        let waits = transmit.after_commit
+            || io.held.iter().any(|held| held.to == transmit.to)
+            || matches!(transmit.to, Destination::Broadcast { .. });
+        if waits {
+            io.held.push(transmit);
+        } else {
+            send_transmit(io, transmit, now).await;
         }
     }
     while let Some(event) = engine.poll_event() {
         log_event(event);
+    }
+}
+
+async fn send_transmit(io: &mut Io, transmit: crate::engine::Transmit, now: Instant) {
+    if io.recorder.is_some() {
+        let to = match transmit.to {
+            Destination::Peer(peer) => Endpoint::Device(peer),
+            Destination::Broadcast { .. } => Endpoint::Broadcast,
+        };
+        io.record(
+            now,
+            false,
+            to,
+            Payload::Bytes(bytes::Bytes::copy_from_slice(&transmit.bytes)),
+        );
+    }
+    match transmit.to {
+        Destination::Peer(peer) => match peer.link {
+            Link::Udp(addr) => io.udp.send_to(addr, &transmit.bytes).await,
+            Link::Serial { port, radio } => io.serial.send(port, radio, &transmit.bytes),
+        },
+        // ADVERTISE goes everywhere; GWINFO where the SEARCHGW came from.
+        Destination::Broadcast { near: None } => {
+            io.udp.broadcast(None, &transmit.bytes).await;
+            io.serial.broadcast(None, &transmit.bytes);
+        }
+        Destination::Broadcast { near: Some(peer) } => match peer.link {
+            Link::Udp(addr) => io.udp.broadcast(Some(addr), &transmit.bytes).await,
+            Link::Serial { port, .. } => io.serial.broadcast(Some(port), &transmit.bytes),
+        },
     }
 }
 

@@ -62,11 +62,19 @@ fn describe_session(out: &mut String, stored: &StoredSession) {
         keep_alive_secs,
         sleep_secs,
         peer,
+        verified,
         ..
     } = &image;
+    // An address that has not shown it receives gets nothing but answers to its own requests
+    // (limits.verify_return_path), so this is the first thing to know about a quiet device.
+    let proven = if *verified {
+        "proven"
+    } else {
+        "not yet proven"
+    };
     let _ = writeln!(
         out,
-        "\n{:?}: {state:?} at {peer}, clean session {clean_session}, keep-alive {keep_alive_secs}s, sleep {sleep_secs}s",
+        "\n{:?}: {state:?} at {peer} (address {proven}), clean session {clean_session}, keep-alive {keep_alive_secs}s, sleep {sleep_secs}s",
         stored.client_id
     );
     let pending = image.topics.iter().filter(|t| t.1).count();

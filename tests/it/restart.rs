@@ -54,8 +54,13 @@ async fn connect(dev: &Device, client_id: &str, clean_session: bool) {
 /// payloads have arrived, or PINGRESP when `until_pingresp`; returns the payloads in order.
 async fn receive(dev: &Device, want: usize, until_pingresp: bool) -> Vec<String> {
     let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
     loop {
-        let bytes = dev.recv().await;
+        let Ok(Ok((n, _))) = tokio::time::timeout(PATIENCE, dev.socket.recv_from(&mut buf)).await
+        else {
+            return got; // nothing more came: the caller's assertion says what was missing
+        };
+        let bytes = buf[..n].to_vec();
         match Message::decode(&bytes) {
             Ok(Message::Register(r)) => {
                 dev.send(Message::RegAck(RegAck {
@@ -265,13 +270,22 @@ async fn what_the_broker_sends_while_the_gateway_is_down_arrives_after_the_resta
         // PINGREQ from its own address shows the device receives (the return-path check).
         dev.send(Message::PingReq { client_id: None }).await;
         dev.recv_until(|m| matches!(m, Message::PingResp)).await;
+        // Stored: the subscription, and that the address receives (else, after the restart,
+        // the gateway would wait for the device's next PINGREQ before it sends anything).
+        blocking(|| await_stored(&dir, "address proven"));
         blocking(|| await_stored(&dir, "subscribed: restart/down"));
         blocking(|| gw.kill9());
         let mut app = Client::connect(broker.port(), "app").await;
         app.publish("restart/down", MqttQoS::AtLeastOnce, false, b"while-down")
             .await;
         blocking(|| gw.restart());
-        assert_eq!(receive(&dev, 1, false).await, ["while-down"], "{mode}");
+        let got = receive(&dev, 1, false).await;
+        assert_eq!(
+            got,
+            ["while-down"],
+            "{mode}; the gateway's log:\n{}",
+            gw.log().join("\n")
+        );
     }
 }
 

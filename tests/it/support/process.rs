@@ -86,7 +86,10 @@ impl GatewayProcess {
             .arg(&self.config)
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .env("RUST_LOG", "mqttsn_gateway=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "mqttsn_gateway=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

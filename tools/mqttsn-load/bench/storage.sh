@@ -7,7 +7,8 @@
 # gateway's own "storage totals" (commits, records and bytes written) come from its log.
 #   rates     QoS 1 at 1,000 and 10,000 msg/s, devices to the broker and the broker to devices
 #   max       QoS 1 as fast as possible, both directions, storage off and on
-#   lockstep  one device's QoS 1 round trip, storage off and on
+#   lockstep  one device's QoS 1 round trip towards the broker, and one device's QoS 1
+#             deliveries at 200 msg/s (end-to-end latency), storage off and on
 #   idle      100 connected devices (half of them asleep with buffered messages) for 10 s
 # Usage: tools/mqttsn-load/bench/storage.sh [OUT [SECTION...]]
 #   (after cargo build --release -p mqttsn-gateway -p mqttsn-load; needs strace)
@@ -105,23 +106,27 @@ if want lockstep; then
   for i in 1 2 3; do
     for storage in off on; do
       run "lockstep-up-$storage-$i" $storage publish --devices 1 --qos 1 --window 1 --duration 5
-      run "lockstep-down-$storage-$i" $storage downstream --devices 1 --qos 1 --inflight 1 --duration 5
+      run "lockstep-down-$storage-$i" $storage downstream --devices 1 --qos 1 --rate 200 --duration 5
     done
   done
 fi
 if want idle; then
-  # Devices connect and receive, then the load tool exits (its devices go silent, the sessions
-  # stay): nothing changes for 10 s, so nothing may be written.
+  # 100 sessions stay (CleanSession=0), half of them asleep holding 5 QoS 1 messages each;
+  # then nothing happens for 10 s, so nothing may be written.
   start_gateway idle on
-  $LOAD -q downstream --gateway 127.0.0.1:$GW_PORT --broker 127.0.0.1:$BROKER_PORT \
-    --devices 100 --qos 1 --rate 100 --duration 2 | grep summary | sed "s/^/idle setup: /"
+  python3 tools/mqttsn-load/bench/idle_devices.py $GW_PORT 100
+  for i in $(seq 1 2 99); do
+    for m in 1 2 3 4 5; do mosquitto_pub -p $BROKER_PORT -t "idle/$i" -q 1 -m "held $m"; done
+  done
   sleep 1
+  "$GW" state "$STATE_DIR" | head -1 | tee -a "$OUT/summary.txt"
   BEFORE=$(write_bytes)
-  calls_before=$(awk '/^syscw/ {print $2}' "/proc/$GW_PID/io")
+  file_before=$(stat -c '%s %y' "$STATE_DIR/sessions.log")
   sleep 10
   AFTER=$(write_bytes)
-  calls_after=$(awk '/^syscw/ {print $2}' "/proc/$GW_PID/io")
-  echo "idle: 10 s with 100 sessions: write_bytes=$((AFTER - BEFORE)) write_calls=$((calls_after - calls_before))" \
+  file_after=$(stat -c '%s %y' "$STATE_DIR/sessions.log")
+  same=$([ "$file_before" = "$file_after" ] && echo "unchanged" || echo "CHANGED")
+  echo "idle: 10 s: write_bytes=$((AFTER - BEFORE)), sessions.log $same ($file_after)" \
     | tee -a "$OUT/summary.txt"
   AFTER=$BEFORE
   stop_gateway idle

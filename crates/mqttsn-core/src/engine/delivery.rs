@@ -141,10 +141,12 @@ impl Gateway {
             };
             self.counters.delivered_down += 1;
             if down.qos == QoS::Zero {
-                self.send_bytes(peer, frame);
+                self.send_bytes(peer, frame, false);
                 continue;
             }
-            self.send_bytes(peer, frame.clone());
+            // Exactly once: a QoS 2 delivery waits for the commit of its being in flight (else a
+            // crash would deliver it again under a new MsgId).
+            self.send_bytes(peer, frame.clone(), down.qos == QoS::Two);
             self.start_inflight(
                 now,
                 key,
@@ -217,7 +219,7 @@ impl Gateway {
         if !self.may_send(key, frame.len()) {
             return;
         }
-        self.send_bytes(peer, frame);
+        self.send_bytes(peer, frame, false);
         self.start_inflight(now, key, InflightKind::Register { topic, topic_id }, msg_id);
     }
 
@@ -294,7 +296,7 @@ impl Gateway {
         match frame {
             Some(frame) if self.may_send(key, frame.len()) => {
                 self.counters.retransmissions += 1;
-                self.send_bytes(peer, frame);
+                self.send_bytes(peer, frame, false);
                 true
             }
             _ => false,

@@ -458,7 +458,18 @@ impl Gateway {
             if let Some(&key) = self.by_peer.get(&peer) {
                 self.charge_reply(key, bytes.len());
             }
-            self.send_bytes(peer, bytes);
+            let after_commit = matches!(
+                msg,
+                Message::ConnAck { .. }
+                    | Message::SubAck(_)
+                    | Message::UnsubAck { .. }
+                    | Message::RegAck(_)
+                    | Message::WillTopicResp { .. }
+                    | Message::WillMsgResp { .. }
+                    | Message::PubRec { .. }
+                    | Message::Disconnect { .. }
+            );
+            self.send_bytes(peer, bytes, after_commit);
         }
     }
 
@@ -482,11 +493,13 @@ impl Gateway {
         }
     }
 
-    pub(super) fn send_bytes(&mut self, peer: PeerAddr, bytes: Vec<u8>) {
+    /// Queues an encoded frame for `peer` (see [`Transmit::after_commit`]).
+    pub(super) fn send_bytes(&mut self, peer: PeerAddr, bytes: Vec<u8>, after_commit: bool) {
         self.counters.frames_out += 1;
         self.transmits.push_back(Transmit {
             to: Destination::Peer(peer),
             bytes,
+            after_commit,
         });
     }
 
@@ -496,6 +509,7 @@ impl Gateway {
             self.transmits.push_back(Transmit {
                 to: Destination::Broadcast { near },
                 bytes,
+                after_commit: false,
             });
         }
     }

@@ -108,4 +108,11 @@ pub struct Transmit {
     pub to: Destination,
     /// The encoded frame, forwarder encapsulation included.
     pub bytes: Vec<u8>,
+    /// It tells the device that a change a restart must keep has been made (CONNACK, SUBACK,
+    /// UNSUBACK, REGACK, the will answers, PUBREC of its QoS 2 publish, DISCONNECT of its
+    /// sleep, a QoS 2 delivery): with a store, the driver sends it only once that change is
+    /// committed. Other frames may go out before the commit (a QoS 0 or 1 delivery, PUBACK,
+    /// PINGRESP, REGISTER): a crash in between costs at most a duplicate, since nothing is
+    /// acknowledged to the broker before the commit.
+    pub after_commit: bool,
 }
