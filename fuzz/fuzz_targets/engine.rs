@@ -3,12 +3,15 @@
 //! broker acknowledgements of what the gateway really sent, and steps in time. The engine must
 //! never panic, its memory accounting must match what the sessions hold and stay within its
 //! bounds, and it must never tell a device that a QoS 1 message was accepted more often than the
-//! broker acknowledged one. Run: `cargo fuzz run engine`.
+//! broker acknowledged one. It persists after every step, as the driver does, and a step can
+//! restart it from what it stored: every stored session must restore, and restoring must not
+//! change what is stored. Run: `cargo fuzz run engine`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mqttsn_core::codec::{Message, PubAck, ReturnCode};
 use mqttsn_core::engine::mqtt::wire::{fixed_header, packet_len};
+use mqttsn_core::engine::persist::MemoryStore;
 use mqttsn_core::engine::{ConnId, Gateway, PeerAddr, UpstreamCommand, UpstreamEvent};
 use mqttsn_core::time::Instant;
 use mqttsn_core::transcript::samples::{broker_pool, pool};
@@ -91,7 +94,12 @@ fuzz_target!(|data: &[u8]| {
     config.sleep.max_bytes = MAX_HELD_EACH;
     config.limits.publish_rate = 50;
     config.limits.publish_burst = 5;
-    let mut gw = Gateway::new(config.engine_settings(HashSeed(1, 2)), &MQTT_V4);
+    config.storage.dir = Some("state".into());
+    let settings = config.engine_settings(HashSeed(1, 2));
+    let mut gw = Gateway::new(settings.clone(), &MQTT_V4);
+    // Persisting after every step, as the driver does; op 6 restarts from what was stored.
+    gw.enable_persistence();
+    let mut store = MemoryStore::new();
     let mut now = 0u64;
     let mut accepted = 0u64;
     let mut broker_acks = 0u64;
@@ -170,6 +178,20 @@ fuzz_target!(|data: &[u8]| {
                     gw.handle_upstream(t, conn, UpstreamEvent::Data(&[0x20, 2, 0, 0]));
                 }
             }
+            6 => {
+                // kill -9 and a start from the store: every session the engine stored must
+                // restore, and the restored engine must store exactly the same again.
+                gw = Gateway::new(settings.clone(), &MQTT_V4);
+                gw.enable_persistence();
+                let report = gw.restore(t, store.load());
+                assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+                let mut again = MemoryStore::new();
+                gw.persist_everything(&mut again).expect("memory store");
+                assert_eq!(store.load(), again.load(), "a restore changed what is stored");
+                sent_ids.clear();
+                gw.handle_upstream(t, conn, UpstreamEvent::Connected);
+                gw.handle_upstream(t, conn, UpstreamEvent::Data(&[0x20, 2, 1, 0]));
+            }
             _ => {
                 let (Some(hi), Some(lo)) = (program.byte(), program.byte()) else {
                     break;
@@ -178,6 +200,7 @@ fuzz_target!(|data: &[u8]| {
                 gw.handle_timeout(Instant::from_millis(now));
             }
         }
+        gw.persist(&mut store).expect("memory store");
         drain(&mut gw, &mut accepted, &mut sent_ids);
         assert_eq!(gw.held_bytes(), gw.held_bytes_recounted());
         assert!(
