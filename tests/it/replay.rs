@@ -2,7 +2,7 @@
 //! UDP against a fresh gateway with no differences; an edited expected frame is reported with
 //! its line; a pcap recording turns into a transcript of the device side.
 
-use crate::support::device::Device;
+use crate::support::device::{connect_session, Device};
 use crate::support::mosquitto::Mosquitto;
 use mqttsn_gateway::codec::*;
 use mqttsn_gateway::config::Framing;
@@ -17,37 +17,17 @@ use mqttsn_gateway::transport::serial::framing::{raw::RawCodec, Deframer, Encode
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// CONNECTs `client_id` until the gateway accepts it (its broker connection is up).
-async fn connect_until_accepted(dev: &Device, client_id: &str) {
-    loop {
-        dev.send(Message::Connect(Connect {
-            will: false,
-            clean_session: true,
-            duration: 60,
-            client_id,
-        }))
-        .await;
-        match Message::decode(&dev.recv().await) {
-            Ok(Message::ConnAck {
-                return_code: ReturnCode::Accepted,
-            }) => break,
-            Ok(Message::ConnAck { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
 /// A gateway whose broker connection is up: a throwaway device was accepted. Returns the
 /// throwaway device's address so its lines can be left out of a recording.
 async fn warmed_up(gw: &Running) -> SocketAddr {
     let warmup = Device::new(gw.udp_addrs()[0]).await;
-    connect_until_accepted(&warmup, "replay-warmup").await;
+    connect_session(&warmup, "replay-warmup", true).await;
     warmup.socket.local_addr().unwrap()
 }
 
 /// The recorded session: CONNECT, REGISTER, PUBLISH QoS 1, PINGREQ, DISCONNECT.
 async fn conversation(dev: &Device) {
-    connect_until_accepted(dev, "replay-dev").await;
+    connect_session(dev, "replay-dev", true).await;
     let topic = dev.register("replay/topic", 1).await;
     dev.publish(topic, QoS::One, 2, b"replayed").await;
     let _ = dev.recv_until(|m| matches!(m, Message::PubAck(_))).await;

@@ -2,7 +2,7 @@
 //! devices and applications notice when the gateway dies at any moment and comes back with its
 //! state directory, in both modes; and what it does with a store it cannot use.
 
-use crate::support::device::Device;
+use crate::support::device::{connect_session as connect, Device};
 use crate::support::mosquitto::Mosquitto;
 use crate::support::mqtt::Client;
 use crate::support::process::{temp_dir, GatewayProcess};
@@ -25,29 +25,6 @@ fn config(mode: &str, broker: &Mosquitto) -> String {
 /// The blocking process helpers, from async tests.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
-}
-
-/// CONNECT with the given CleanSession flag, retried while the broker connection comes up.
-async fn connect(dev: &Device, client_id: &str, clean_session: bool) {
-    for _ in 0..200 {
-        dev.send(Message::Connect(Connect {
-            will: false,
-            clean_session,
-            duration: 60,
-            client_id,
-        }))
-        .await;
-        match Message::decode(&dev.recv().await) {
-            Ok(Message::ConnAck {
-                return_code: ReturnCode::Accepted,
-            }) => return,
-            Ok(Message::ConnAck {
-                return_code: ReturnCode::Congestion,
-            }) => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => panic!("unexpected answer to CONNECT: {other:?}"),
-        }
-    }
-    panic!("{client_id} was never accepted");
 }
 
 /// Answers what the gateway sends (REGACK to REGISTER, PUBACK to QoS 1 PUBLISH) until `want`

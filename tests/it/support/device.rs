@@ -121,3 +121,28 @@ pub async fn connect(device: &Device, client_id: &str, keep_alive: u16, will: bo
     }
     panic!("the gateway never accepted {client_id}");
 }
+
+/// CONNECTs without a will, with the given CleanSession flag, until the gateway accepts it
+/// (CONNACK "congestion" while its broker connection comes up).
+pub async fn connect_session(device: &Device, client_id: &str, clean_session: bool) {
+    for _ in 0..500 {
+        device
+            .send(Message::Connect(Connect {
+                will: false,
+                clean_session,
+                duration: 60,
+                client_id,
+            }))
+            .await;
+        match Message::decode(&device.recv().await) {
+            Ok(Message::ConnAck {
+                return_code: ReturnCode::Accepted,
+            }) => return,
+            Ok(Message::ConnAck {
+                return_code: ReturnCode::Congestion,
+            }) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            other => panic!("unexpected answer to CONNECT: {other:?}"),
+        }
+    }
+    panic!("the gateway never accepted {client_id}");
+}
