@@ -182,6 +182,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
             recorder: recording.snlog,
             storage,
             held: Vec::new(),
+            held_to: std::collections::HashSet::new(),
             shutdown: trigger,
         };
         let inputs = Inputs {
@@ -272,6 +273,8 @@ struct Io {
     /// Frames for devices held until the next commit ([`flush_early`]); at most what one
     /// commit interval produces.
     held: Vec<crate::engine::Transmit>,
+    /// Where the held frames go (so that later frames there wait too).
+    held_to: std::collections::HashSet<Destination>,
     /// Stops the transports' tasks (see [`shut_down`]).
     shutdown: Trigger,
 }
@@ -546,6 +549,7 @@ async fn flush(engine: &mut Gateway, io: &mut Io, now: Instant) {
             UpstreamCommand::Abort(conn) => io.pool.abort(conn),
         }
     }
+    io.held_to.clear();
     for transmit in std::mem::take(&mut io.held) {
         send_transmit(io, transmit, now).await;
     }
@@ -564,9 +568,10 @@ async fn flush(engine: &mut Gateway, io: &mut Io, now: Instant) {
 async fn flush_early(engine: &mut Gateway, io: &mut Io, now: Instant) {
     while let Some(transmit) = engine.poll_transmit() {
         let waits = transmit.after_commit
-            || io.held.iter().any(|held| held.to == transmit.to)
+            || io.held_to.contains(&transmit.to)
             || matches!(transmit.to, Destination::Broadcast { .. });
         if waits {
+            io.held_to.insert(transmit.to);
             io.held.push(transmit);
         } else {
             send_transmit(io, transmit, now).await;

@@ -10,6 +10,7 @@
 //! counted, traffic goes on with sessions in memory, and the store is tried again, written
 //! afresh, every [`RETRY_AFTER`].
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use mqttsn_core::engine::persist::{SessionStore, StoreError};
@@ -53,35 +54,76 @@ enum Op {
     Clear,
 }
 
-/// The engine's changes since the last commit, in order.
+/// The engine's changes since the last commit, in order, with what a later change makes moot
+/// taken out: the engine stages after every batch, so within one commit interval a session can
+/// be written many times and a message held and taken again; only the last version of a
+/// session, and only messages still held, reach the disk.
 #[derive(Default)]
 struct Staged {
-    ops: Vec<Op>,
+    ops: Vec<Option<Op>>,
+    /// Where the latest `PutSession` of each ClientId is in `ops`.
+    sessions: HashMap<String, usize>,
+    /// Where each `PutMessage` is in `ops`.
+    messages: HashMap<(String, u64), usize>,
+}
+
+impl Staged {
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn take(&mut self) -> Vec<Op> {
+        self.sessions.clear();
+        self.messages.clear();
+        std::mem::take(&mut self.ops)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 impl SessionStore for Staged {
     fn put_session(&mut self, client_id: &str, record: &[u8]) -> Result<(), StoreError> {
+        if let Some(earlier) = self.sessions.insert(client_id.to_owned(), self.ops.len()) {
+            self.ops[earlier] = None;
+        }
         self.ops
-            .push(Op::PutSession(client_id.to_owned(), record.to_vec()));
+            .push(Some(Op::PutSession(client_id.to_owned(), record.to_vec())));
         Ok(())
     }
     fn remove_session(&mut self, client_id: &str) -> Result<(), StoreError> {
-        self.ops.push(Op::RemoveSession(client_id.to_owned()));
+        self.sessions.remove(client_id);
+        self.ops.push(Some(Op::RemoveSession(client_id.to_owned())));
         Ok(())
     }
     fn put_message(&mut self, client_id: &str, seq: u64, record: &[u8]) -> Result<(), StoreError> {
-        self.ops
-            .push(Op::PutMessage(client_id.to_owned(), seq, record.to_vec()));
+        self.messages
+            .insert((client_id.to_owned(), seq), self.ops.len());
+        self.ops.push(Some(Op::PutMessage(
+            client_id.to_owned(),
+            seq,
+            record.to_vec(),
+        )));
         Ok(())
     }
     fn remove_messages(&mut self, client_id: &str, seqs: Range<u64>) -> Result<(), StoreError> {
+        let ops = &mut self.ops;
+        self.messages.retain(|(id, seq), at| {
+            let moot = id == client_id && seqs.contains(seq);
+            if moot {
+                ops[*at] = None;
+            }
+            !moot
+        });
         self.ops
-            .push(Op::RemoveMessages(client_id.to_owned(), seqs));
+            .push(Some(Op::RemoveMessages(client_id.to_owned(), seqs)));
         Ok(())
     }
     fn clear(&mut self) -> Result<(), StoreError> {
         self.ops.clear();
-        self.ops.push(Op::Clear);
+        self.sessions.clear();
+        self.messages.clear();
+        self.ops.push(Some(Op::Clear));
         Ok(())
     }
     fn commit(&mut self) -> Result<(), StoreError> {
@@ -106,6 +148,8 @@ pub struct GroupCommit {
     last_commit: Option<Instant>,
     /// Set after a failure: nothing is staged or written before then.
     retry_at: Option<Instant>,
+    /// Set after a failed compaction: none is tried before then.
+    compact_after: Option<Instant>,
     totals: StorageTotals,
 }
 
@@ -119,6 +163,7 @@ impl GroupCommit {
             interval,
             last_commit: None,
             retry_at: None,
+            compact_after: None,
             totals: StorageTotals {
                 moved_aside,
                 ..StorageTotals::default()
@@ -132,7 +177,7 @@ impl GroupCommit {
             return Outputs::Ready; // in memory until the retry
         }
         self.stage(engine);
-        if self.staged.ops.is_empty() {
+        if self.staged.is_empty() {
             return Outputs::Ready;
         }
         match self.last_commit.map(|at| at + self.interval) {
@@ -150,19 +195,19 @@ impl GroupCommit {
             return;
         }
         self.stage(engine);
-        if self.staged.ops.is_empty() {
+        if self.staged.is_empty() {
             return;
         }
         self.last_commit = Some(now);
-        let ops = std::mem::take(&mut self.staged.ops);
+        let ops = self.staged.take();
         match self.write(ops) {
             Ok(()) => {
                 self.totals.commits += 1;
                 if self.retry_at.take().is_some() {
                     tracing::info!("the session store is written again");
                 }
-                if self.store.wants_compaction() {
-                    self.compact(engine);
+                if self.store.wants_compaction() && self.compact_after.is_none_or(|at| now >= at) {
+                    self.compact(engine, now);
                 }
                 self.totals.file_bytes = self.store.size();
             }
@@ -180,19 +225,23 @@ impl GroupCommit {
     }
 
     /// Writes the engine's whole state into a new file in place of the grown log. Right after a
-    /// commit, so the old file holds the same state: if this fails, it is still good.
-    fn compact(&mut self, engine: &mut Gateway) {
+    /// commit, so the old file holds the same state: if this fails, it is still good (and what
+    /// the engine believes is stored is true of either), and the next try waits RETRY_AFTER.
+    fn compact(&mut self, engine: &Gateway, now: Instant) {
         let before = self.store.size();
         match self
             .store
-            .replace(|fresh| engine.persist_everything(fresh).map(|_| ()))
+            .replace(|fresh| engine.write_snapshot(fresh).map(|_| ()))
         {
             Ok(()) => {
+                self.compact_after = None;
                 self.totals.compactions += 1;
                 tracing::debug!(before, after = self.store.size(), "session store compacted");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot compact the session store; it goes on growing")
+                self.compact_after = Some(now + RETRY_AFTER);
+                tracing::warn!(error = %e, retry_in = %RETRY_AFTER,
+                    "cannot compact the session store; it goes on growing");
             }
         }
     }

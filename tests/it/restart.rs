@@ -448,6 +448,12 @@ async fn a_full_disk_is_logged_and_traffic_goes_on() {
         ),
         "{log:#?}"
     );
+    // What was committed before the disk filled up is still there, complete.
+    let stored = mqttsn_gateway::storage::inspect::describe(&dir.join("sessions.log")).unwrap();
+    assert!(
+        stored.contains("\"on-full-disk\"") && stored.contains("subscribed: restart/full"),
+        "{stored}"
+    );
     assert!(logged(&log, &["storage totals", "errors: 1,"]), "{log:#?}");
     for line in log
         .iter()

@@ -217,7 +217,12 @@ impl Gateway {
             client.conn = Some(conn);
             client.state = State::Connecting;
         }
-        if self.open_upstream(conn, options, Some(key)).is_err() {
+        let opened = self.open_upstream(conn, options, Some(key));
+        if opened.is_ok() {
+            // Its QoS 2 publishes of an earlier connection of its broker session.
+            self.resume_releases(now, key);
+        }
+        if opened.is_err() {
             // The broker could not accept this identity (e.g. an invalid will topic).
             if let Some(peer) = self.client(key).map(|c| c.peer) {
                 self.reject_connect(

@@ -88,7 +88,7 @@ impl fmt::Display for PeerAddr {
 }
 
 /// Where a frame the engine produced must go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// One device.
     Peer(PeerAddr),

@@ -243,6 +243,32 @@ impl Gateway {
         }
     }
 
+    /// Writes everything a restart keeps into `store`, without commit and without changing what
+    /// the engine believes is stored: for a store that replaces one holding the same (a
+    /// compaction, right after a commit).
+    pub fn write_snapshot(&self, store: &mut dyn SessionStore) -> Result<PersistStats, StoreError> {
+        let mut stats = PersistStats::default();
+        let mut scratch = Vec::new();
+        for (index, client) in self.clients.iter() {
+            if !is_kept(client) {
+                continue;
+            }
+            scratch.clear();
+            record::encode_session(&mut scratch, client, self.filters_of(ClientKey(index)));
+            store.put_session(&client.client_id, &scratch)?;
+            stats.sessions += 1;
+            stats.bytes += scratch.len();
+            for (seq, down) in (client.queue_head..).zip(client.queued_messages()) {
+                scratch.clear();
+                record::encode_message(&mut scratch, down);
+                store.put_message(&client.client_id, seq, &scratch)?;
+                stats.messages += 1;
+                stats.bytes += scratch.len();
+            }
+        }
+        Ok(stats)
+    }
+
     /// Writes everything afresh into `store` (as after a failed commit), and commits.
     pub fn persist_everything(
         &mut self,
@@ -479,25 +505,7 @@ impl Gateway {
                 }
             }
         }
-        // QoS 2 publishes the broker may hold from before, waiting for PUBREL: released
-        // after the next CONNACK, their packet ids kept from reuse until then.
-        let conn = self.conn_of(key);
-        let releases: Vec<(u16, u16)> = self
-            .client(key)
-            .map(|c| {
-                c.up()
-                    .iter()
-                    .filter(|u| u.pid != 0)
-                    .map(|u| (u.pid, u.msg_id))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(up) = self.upstreams.get_mut(&conn) {
-            for (pid, msg_id) in releases {
-                let token = super::device::token(key, generation, msg_id);
-                up.session.resume_release(now, pid, token);
-            }
-        }
+        self.resume_releases(now, key);
         if active_inflight {
             self.schedule(retry_at, Timer::Retry(key, generation));
         }
@@ -514,6 +522,36 @@ impl Gateway {
             );
         }
         Ok(())
+    }
+
+    /// QoS 2 publishes the broker may still hold from an earlier connection of the session
+    /// they went over, waiting for PUBREL: released after that session's next CONNACK, their
+    /// packet ids kept from reuse until then. In transparent mode that is the device's own
+    /// connection, so a device without one (not connected) has them released when it connects.
+    pub(super) fn resume_releases(&mut self, now: Instant, key: ClientKey) {
+        let Some(client) = self.client(key) else {
+            return;
+        };
+        let conn = match self.settings.mode {
+            Mode::Aggregating => ConnId::GATEWAY,
+            Mode::Transparent => match client.conn {
+                Some(conn) => conn,
+                None => return,
+            },
+        };
+        let generation = client.generation;
+        let releases: Vec<(u16, u16)> = client
+            .up()
+            .iter()
+            .filter(|u| u.pid != 0)
+            .map(|u| (u.pid, u.msg_id))
+            .collect();
+        if let Some(up) = self.upstreams.get_mut(&conn) {
+            for (pid, msg_id) in releases {
+                let token = super::device::token(key, generation, msg_id);
+                up.session.resume_release(now, pid, token);
+            }
+        }
     }
 
     /// Transparent mode, after a restart: the device's own broker connection again, with its
