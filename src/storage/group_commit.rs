@@ -247,31 +247,43 @@ impl GroupCommit {
     }
 
     fn stage(&mut self, engine: &mut Gateway) {
-        if !engine.persist_pending() {
-            return;
-        }
-        // Staging into memory cannot fail.
-        if let Ok(stats) = engine.persist(&mut self.staged) {
-            let t = &mut self.totals;
-            t.sessions_written += stats.sessions as u64;
-            t.messages_written += stats.messages as u64;
-            t.sessions_removed += stats.removed as u64;
-            t.bytes_written += stats.bytes as u64;
+        if engine.persist_pending() {
+            // Staging into memory cannot fail.
+            let _ = engine.persist(&mut self.staged);
         }
     }
 
+    /// Writes the staged changes as one commit; the totals count what reached the file.
     fn write(&mut self, ops: Vec<Op>) -> Result<(), StoreError> {
         let store = &mut self.store;
+        let (mut sessions, mut messages, mut removed, mut bytes) = (0, 0, 0, 0);
         for op in ops {
             match op {
-                Op::PutSession(id, record) => store.put_session(&id, &record)?,
-                Op::RemoveSession(id) => store.remove_session(&id)?,
-                Op::PutMessage(id, seq, record) => store.put_message(&id, seq, &record)?,
+                Op::PutSession(id, record) => {
+                    sessions += 1;
+                    bytes += record.len();
+                    store.put_session(&id, &record)?
+                }
+                Op::RemoveSession(id) => {
+                    removed += 1;
+                    store.remove_session(&id)?
+                }
+                Op::PutMessage(id, seq, record) => {
+                    messages += 1;
+                    bytes += record.len();
+                    store.put_message(&id, seq, &record)?
+                }
                 Op::RemoveMessages(id, seqs) => store.remove_messages(&id, seqs)?,
                 Op::Clear => store.clear()?,
             }
         }
-        store.commit()
+        store.commit()?;
+        let t = &mut self.totals;
+        t.sessions_written += sessions;
+        t.messages_written += messages;
+        t.sessions_removed += removed;
+        t.bytes_written += bytes as u64;
+        Ok(())
     }
 
     /// The totals so far.
