@@ -79,7 +79,7 @@ impl GatewayProcess {
 
     fn spawn(&mut self) {
         let from = self.log.lock().unwrap().len();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mqttsn-gateway"));
+        let mut command = Command::new(self.binary());
         command
             .arg("run")
             .arg("--config")
@@ -122,6 +122,26 @@ impl GatewayProcess {
         }
         self.child = Some(child);
         self.await_line_after(from, "broker connection up");
+    }
+
+    /// The binary to run: for another user, a copy in the temporary directory (the build's
+    /// own directory may not be open to it, e.g. under /root).
+    fn binary(&self) -> PathBuf {
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_mqttsn-gateway"));
+        if self.uid.is_none() {
+            return built;
+        }
+        let copy = std::env::temp_dir().join(format!("mqttsn-gateway-{}", std::process::id()));
+        if !copy.exists() {
+            std::fs::copy(&built, &copy).expect("copy the gateway binary");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+                    .expect("make the copy executable");
+            }
+        }
+        copy
     }
 
     /// Waits until a line containing `needle` is logged, from line `from` on.
@@ -187,6 +207,9 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_file(&self.config);
+        if self.uid.is_some() {
+            let _ = std::fs::remove_file(self.binary());
+        }
     }
 }
 
