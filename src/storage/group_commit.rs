@@ -4,9 +4,10 @@
 //! After every batch of inputs the engine's changes are staged in memory ([`Staged`]). They are
 //! committed, as one append to the log (one fdatasync), at most once per `storage.commit_interval`:
 //! at once when the last commit is older than that (an idle gateway adds no latency), else
-//! when the interval is up. Until the commit, nothing the gateway would send goes out (the
-//! driver holds it), so nothing is acknowledged that a crash could lose, and the order of what
-//! is sent is kept. When the disk fails (full, read-only, I/O errors) the error is logged and
+//! when the interval is up. Until the commit the driver holds back everything for the broker
+//! (its acknowledgements among it) and the device frames that confirm a change
+//! (`Transmit::after_commit`), keeping the order of what each device gets, so nothing is
+//! acknowledged that a crash could lose. When the disk fails (full, read-only, I/O errors) the error is logged and
 //! counted, traffic goes on with sessions in memory, and the store is tried again, written
 //! afresh, every [`RETRY_AFTER`].
 

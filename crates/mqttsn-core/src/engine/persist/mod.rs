@@ -9,16 +9,17 @@
 //! flag, refused topics, subscriptions, will, QoS 2 publishes towards the broker, the exchange
 //! in flight towards the device), and each held message as a record of its own, numbered, so
 //! that one more message for a sleeper writes that message, not the whole buffer again.
-//! Sessions in the middle of a CONNECT handshake are not written (a kept session's record
-//! stays as it was until the handshake completes). Timers, budgets and counters are not kept:
+//! A session in the middle of a CONNECT handshake is written only if that CONNECT keeps it
+//! (CleanSession=0), as a session not connected. Timers, budgets and counters are not kept:
 //! after a restart every device gets a fresh keep-alive or sleep period from the restart.
 //!
-//! **When.** Every change to a session marks it ([`Gateway::client_mut`] is the only way to
-//! change one); [`Gateway::persist`] writes the marked sessions whose stored form changed and
-//! commits once. The driver calls it once per batch of inputs, *before* it sends what the
-//! batch produced, so nothing is acknowledged (to the broker or a device) that is not stored:
-//! a group commit per batch, and none at all for a batch that changed nothing a restart
-//! keeps (QoS 0 and QoS 1 publishes towards the broker, pings).
+//! **When.** Every change to a session marks it, once ([`Gateway::client_mut`] is the only way
+//! to change one); [`Gateway::persist`] writes the marked sessions whose stored form changed
+//! and commits. The driver persists after every batch of inputs and holds back what the batch
+//! produced that depends on it (everything for the broker, and the device frames that confirm a
+//! change: [`super::Transmit::after_commit`]) until the store has committed, so nothing is
+//! acknowledged that a crash could lose. A batch that changed nothing a restart keeps (QoS 0
+//! and QoS 1 publishes towards the broker, pings) writes nothing.
 
 pub mod memory;
 pub mod record;
