@@ -6,6 +6,7 @@
 //! after each, drain [`Gateway::poll_transmit`], [`Gateway::poll_upstream`] and
 //! [`Gateway::poll_event`] until they return `None`, then sleep until [`Gateway::poll_timeout`].
 
+pub mod acl;
 pub mod admission;
 mod broker;
 mod client;
