@@ -327,7 +327,9 @@ fn state(file: &Path) -> ExitCode {
     }
     match mqttsn_gateway::storage::inspect::describe(&path) {
         Ok(report) => {
-            print!("{report}");
+            // A closed stdout (piped into `head`) ends the report quietly, as with `decode`.
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(report.as_bytes()).and_then(|()| out.flush());
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e, 1),

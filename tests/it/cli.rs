@@ -1,5 +1,5 @@
-//! The command line as a user runs it: output, exit codes and error messages of `decode` and
-//! `check-config`.
+//! The command line as a user runs it: output, exit codes and error messages of `decode`,
+//! `check-config` and `state`.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -211,4 +211,32 @@ fn replay_reports_missing_answers_with_a_nonzero_exit() {
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout(&out).contains("no answer"), "{}", stdout(&out));
+}
+
+#[test]
+fn state_reports_a_store_and_names_what_is_wrong_with_others() {
+    let dir = std::env::temp_dir().join(format!("mqttsn-cli-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    // A directory without a store.
+    let out = gateway(&["state", dir_arg], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    // An empty store, given by its directory.
+    let file = dir.join(mqttsn_gateway::storage::FILE_NAME);
+    mqttsn_gateway::storage::log_store::create_empty(&file, 1).unwrap();
+    let out = gateway(&["state", dir_arg], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("store format 1, 0 commits, 0 sessions, 0 held messages"),
+        "{}",
+        stdout(&out)
+    );
+    // A store of another version is not misread.
+    mqttsn_gateway::storage::log_store::create_empty(&file, 7).unwrap();
+    let out = gateway(&["state", file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store format 7"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
