@@ -1,7 +1,7 @@
 //! The driver's side of durability: when the engine's changes are committed, and what waits
 //! for them.
 //!
-//! After every batch of inputs the engine's changes are staged in memory ([`Staged`]). They are
+//! After every batch of inputs the engine's changes are staged in memory. They are
 //! committed, as one append to the log (one fdatasync), at most once per `storage.commit_interval`:
 //! at once when the last commit is older than that (an idle gateway adds no latency), else
 //! when the interval is up. Until the commit the driver holds back everything for the broker

@@ -223,7 +223,7 @@ impl UdpTransport {
         .await
     }
 
-    /// A batch to read into: [`BATCH_BYTES`], or one slot of the longest `max_frame` if that
+    /// A batch to read into: `BATCH_BYTES`, or one slot of the longest `max_frame` if that
     /// is more.
     pub fn batch(&self) -> RecvBatch {
         let longest = self

@@ -13,7 +13,7 @@
 //! (CleanSession=0), as a session not connected. Timers, budgets and counters are not kept:
 //! after a restart every device gets a fresh keep-alive or sleep period from the restart.
 //!
-//! **When.** Every change to a session marks it, once ([`Gateway::client_mut`] is the only way
+//! **When.** Every change to a session marks it, once (`Gateway::client_mut` is the only way
 //! to change one); [`Gateway::persist`] writes the marked sessions whose stored form changed
 //! and commits. The driver persists after every batch of inputs and holds back what the batch
 //! produced that depends on it (everything for the broker, and the device frames that confirm a

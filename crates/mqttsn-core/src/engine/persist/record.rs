@@ -146,7 +146,7 @@ pub(crate) fn encode_session(
     // message passing through the queue does not change this record.
 }
 
-/// Reads a session record written by [`encode_session`].
+/// Reads a session record as the engine writes it.
 pub fn decode_session(bytes: &[u8]) -> Result<SessionImage, RecordError> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
@@ -252,7 +252,7 @@ pub(crate) fn encode_message(out: &mut Vec<u8>, down: &Down) {
     w.bytes(&down.payload);
 }
 
-/// Reads a held message written by [`encode_message`].
+/// Reads a held message record as the engine writes it.
 pub fn decode_message(bytes: &[u8]) -> Result<Down, RecordError> {
     let mut r = Reader(bytes);
     let down = Down {
