@@ -86,6 +86,7 @@ impl GatewayProcess {
             .arg(&self.config)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            // GATEWAY_LOG (e.g. `mqttsn_gateway=debug`) gives a failing test more to show.
             .env(
                 "RUST_LOG",
                 std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "mqttsn_gateway=info".into()),
