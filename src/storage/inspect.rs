@@ -32,7 +32,7 @@ pub fn describe(path: &Path) -> Result<String, String> {
     } else {
         String::new()
     };
-    let sessions = replayed.contents.into_sessions();
+    let sessions = replayed.contents.load();
     let held: usize = sessions.iter().map(|s| s.messages.len()).sum();
     let mut out = String::new();
     let _ = writeln!(

@@ -17,14 +17,13 @@
 //! after the last compaction, the gateway writes its whole state into a new file and renames it
 //! over the old one ([`LogStore::replace`]).
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use mqttsn_core::engine::persist::{SessionStore, StoreError, StoredSession};
+use mqttsn_core::engine::persist::{MemoryStore, SessionStore, StoreError};
 
 /// The first eight bytes of a store file.
 pub const MAGIC: &[u8; 8] = b"MQSNLOG\0";
@@ -71,97 +70,35 @@ impl std::fmt::Display for OpenError {
     }
 }
 
-/// What the store holds: sessions and held messages, as the engine wrote them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Contents {
-    sessions: BTreeMap<String, Vec<u8>>,
-    messages: BTreeMap<(String, u64), Vec<u8>>,
-}
-
-impl Contents {
-    /// The sessions, each with its held messages, as the engine restores them.
-    pub fn into_sessions(self) -> Vec<StoredSession> {
-        let mut messages = self.messages.into_iter().peekable();
-        let mut out = Vec::with_capacity(self.sessions.len());
-        for (client_id, record) in self.sessions {
-            // Messages of ClientIds without a session (none are written) are skipped.
-            while messages
-                .peek()
-                .is_some_and(|((id, _), _)| id.as_str() < client_id.as_str())
-            {
-                messages.next();
+/// Applies one commit's changes, as [`Frame`] encodes them, to `store`.
+fn apply(store: &mut MemoryStore, mut ops: &[u8]) -> Result<(), &'static str> {
+    let stored = |result: Result<(), StoreError>| result.map_err(|_| "cannot apply");
+    while let Some((&tag, rest)) = ops.split_first() {
+        ops = rest;
+        match tag {
+            PUT_SESSION => {
+                let id = text(&mut ops)?;
+                let record = bytes(&mut ops)?;
+                stored(store.put_session(&id, record))?;
             }
-            let mut held = Vec::new();
-            while let Some(((_, seq), bytes)) = messages.next_if(|((id, _), _)| *id == client_id) {
-                held.push((seq, bytes));
+            REMOVE_SESSION => stored(store.remove_session(&text(&mut ops)?))?,
+            PUT_MESSAGE => {
+                let id = text(&mut ops)?;
+                let seq = u64::from_be_bytes(take(&mut ops)?);
+                let record = bytes(&mut ops)?;
+                stored(store.put_message(&id, seq, record))?;
             }
-            out.push(StoredSession {
-                client_id,
-                record,
-                messages: held,
-            });
+            REMOVE_MESSAGES => {
+                let id = text(&mut ops)?;
+                let start = u64::from_be_bytes(take(&mut ops)?);
+                let end = u64::from_be_bytes(take(&mut ops)?);
+                stored(store.remove_messages(&id, start..end))?;
+            }
+            CLEAR => stored(store.clear())?,
+            _ => return Err("unknown change"),
         }
-        out
     }
-
-    /// Bytes of the records held (what a compacted file needs, about).
-    fn bytes(&self) -> u64 {
-        let sessions: usize = self.sessions.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let messages: usize = self.messages.iter().map(|(k, v)| k.0.len() + v.len()).sum();
-        (sessions + messages) as u64
-    }
-
-    fn apply(&mut self, mut ops: &[u8]) -> Result<(), &'static str> {
-        while let Some((&tag, rest)) = ops.split_first() {
-            ops = rest;
-            match tag {
-                PUT_SESSION => {
-                    let id = text(&mut ops)?;
-                    let record = bytes(&mut ops)?;
-                    self.sessions.insert(id, record.to_vec());
-                }
-                REMOVE_SESSION => {
-                    let id = text(&mut ops)?;
-                    self.sessions.remove(&id);
-                    let held: Vec<(String, u64)> = self
-                        .messages
-                        .range((id.clone(), 0)..=(id.clone(), u64::MAX))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in held {
-                        self.messages.remove(&key);
-                    }
-                }
-                PUT_MESSAGE => {
-                    let id = text(&mut ops)?;
-                    let seq = u64::from_be_bytes(take(&mut ops)?);
-                    let record = bytes(&mut ops)?;
-                    self.messages.insert((id, seq), record.to_vec());
-                }
-                REMOVE_MESSAGES => {
-                    let id = text(&mut ops)?;
-                    let start = u64::from_be_bytes(take(&mut ops)?);
-                    let end = u64::from_be_bytes(take(&mut ops)?);
-                    if start < end {
-                        let gone: Vec<(String, u64)> = self
-                            .messages
-                            .range((id.clone(), start)..(id.clone(), end))
-                            .map(|(k, _)| k.clone())
-                            .collect();
-                        for key in gone {
-                            self.messages.remove(&key);
-                        }
-                    }
-                }
-                CLEAR => {
-                    self.sessions.clear();
-                    self.messages.clear();
-                }
-                _ => return Err("unknown change"),
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 fn take<const N: usize>(ops: &mut &[u8]) -> Result<[u8; N], &'static str> {
@@ -212,7 +149,7 @@ fn header() -> [u8; HEADER_LEN as usize] {
 /// What reading a store file found.
 pub struct Replayed {
     /// The state after the last complete commit.
-    pub contents: Contents,
+    pub contents: MemoryStore,
     /// Commits read.
     pub commits: u64,
     /// Bytes of an unfinished last commit (a crash during its write), dropped.
@@ -227,7 +164,7 @@ pub fn replay(file: &mut File) -> Result<Replayed, OpenError> {
     let len = file.metadata().map_err(OpenError::Unwritable)?.len();
     let mut reader = BufReader::new(file);
     let mut replayed = Replayed {
-        contents: Contents::default(),
+        contents: MemoryStore::new(),
         commits: 0,
         torn: 0,
         end: HEADER_LEN,
@@ -277,9 +214,7 @@ pub fn replay(file: &mut File) -> Result<Replayed, OpenError> {
         let Some(payload) = payload else {
             return tail(reader.into_inner(), at, len, replayed);
         };
-        replayed
-            .contents
-            .apply(&payload)
+        apply(&mut replayed.contents, &payload)
             .map_err(|what| OpenError::Damaged(format!("commit at byte {at}: {what}")))?;
         replayed.commits += 1;
         at += FRAME_HEAD + plen;
@@ -404,7 +339,7 @@ impl LogStore {
             path: path.to_path_buf(),
             _lock: lock,
             size: replayed.end.max(HEADER_LEN),
-            base: replayed.contents.bytes() + HEADER_LEN,
+            base: replayed.contents.record_bytes() + HEADER_LEN,
             pending: Frame(Vec::new()),
         };
         Ok((store, replayed))
@@ -588,6 +523,7 @@ pub fn create_empty(path: &Path, format: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mqttsn_core::engine::persist::StoredSession;
 
     fn temp(name: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("mqttsn-log-{name}-{}", std::process::id()));
@@ -622,7 +558,7 @@ mod tests {
         three_commits(&path);
         let (_, replayed) = LogStore::open(&path).unwrap();
         assert_eq!(replayed.commits, 3);
-        let sessions = replayed.contents.into_sessions();
+        let sessions = replayed.contents.load();
         assert_eq!(
             sessions,
             vec![StoredSession {
@@ -633,7 +569,7 @@ mod tests {
         );
     }
 
-    fn contents_of(bytes: &[u8], name: &str) -> Result<Contents, OpenError> {
+    fn contents_of(bytes: &[u8], name: &str) -> Result<MemoryStore, OpenError> {
         let path = temp(name);
         std::fs::write(&path, bytes).unwrap();
         let mut file = File::open(&path).unwrap();
@@ -646,7 +582,7 @@ mod tests {
     fn a_commit_cut_anywhere_is_dropped_whole() {
         let path = temp("torn");
         let after = three_commits(&path);
-        let states: Vec<Contents> = after
+        let states: Vec<MemoryStore> = after
             .iter()
             .map(|bytes| contents_of(bytes, "torn-state").unwrap())
             .collect();
@@ -737,7 +673,7 @@ mod tests {
         let (_, replayed) = LogStore::open(&path).unwrap();
         let ids: Vec<String> = replayed
             .contents
-            .into_sessions()
+            .load()
             .into_iter()
             .map(|s| s.client_id)
             .collect();

@@ -94,7 +94,7 @@ fn try_open(path: &Path) -> Result<Opened, OpenError> {
     }
     Ok(Opened {
         store: Some(store),
-        sessions: replayed.contents.into_sessions(),
+        sessions: replayed.contents.load(),
         moved_aside: 0,
     })
 }

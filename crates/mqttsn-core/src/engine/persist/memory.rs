@@ -47,6 +47,13 @@ impl MemoryStore {
     pub fn messages(&self) -> usize {
         self.messages.len()
     }
+
+    /// Bytes of the stored records and their ClientIds.
+    pub fn record_bytes(&self) -> u64 {
+        let sessions: usize = self.sessions.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let messages: usize = self.messages.iter().map(|(k, v)| k.0.len() + v.len()).sum();
+        (sessions + messages) as u64
+    }
 }
 
 impl SessionStore for MemoryStore {
@@ -57,7 +64,8 @@ impl SessionStore for MemoryStore {
 
     fn remove_session(&mut self, client_id: &str) -> Result<(), StoreError> {
         self.sessions.remove(client_id);
-        self.messages.retain(|(id, _), _| id.as_str() != client_id);
+        self.remove_messages(client_id, 0..u64::MAX)?;
+        self.messages.remove(&(client_id.to_owned(), u64::MAX));
         Ok(())
     }
 
@@ -68,8 +76,18 @@ impl SessionStore for MemoryStore {
     }
 
     fn remove_messages(&mut self, client_id: &str, seqs: Range<u64>) -> Result<(), StoreError> {
-        for seq in seqs {
-            self.messages.remove(&(client_id.to_owned(), seq));
+        if seqs.start < seqs.end {
+            // Only what is there is visited, however wide the range (a hostile file can ask
+            // for all of u64).
+            let id = client_id.to_owned();
+            let gone: Vec<(String, u64)> = self
+                .messages
+                .range((id.clone(), seqs.start)..(id, seqs.end))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in gone {
+                self.messages.remove(&key);
+            }
         }
         Ok(())
     }
