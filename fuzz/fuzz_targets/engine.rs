@@ -186,7 +186,7 @@ fuzz_target!(|data: &[u8]| {
                 let report = gw.restore(t, store.load());
                 assert!(report.skipped.is_empty(), "{:?}", report.skipped);
                 let mut again = MemoryStore::new();
-                gw.persist_everything(&mut again).expect("memory store");
+                gw.write_snapshot(&mut again).expect("memory store");
                 assert_eq!(store.load(), again.load(), "a restore changed what is stored");
                 sent_ids.clear();
                 gw.handle_upstream(t, conn, UpstreamEvent::Connected);

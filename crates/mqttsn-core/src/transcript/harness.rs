@@ -168,9 +168,9 @@ impl GatewayHarness {
             panic!("the memory store failed: {e}");
         }
         if self.check_restores {
-            let mut restored = self.restored(now);
+            let restored = self.restored(now);
             let mut again = MemoryStore::new();
-            if let Err(e) = restored.persist_everything(&mut again) {
+            if let Err(e) = restored.write_snapshot(&mut again) {
                 panic!("the memory store failed: {e}");
             }
             let stored = self.store.as_ref().map(MemoryStore::load);

@@ -270,18 +270,6 @@ impl Gateway {
         Ok(stats)
     }
 
-    /// Writes everything afresh into `store` (as after a failed commit), and commits.
-    pub fn persist_everything(
-        &mut self,
-        store: &mut dyn SessionStore,
-    ) -> Result<PersistStats, StoreError> {
-        self.enable_persistence();
-        if let Some(p) = self.persist.as_mut() {
-            p.rewrite = true;
-        }
-        self.persist(store)
-    }
-
     fn write_changes(
         &self,
         p: &mut Persistence,
