@@ -9,5 +9,14 @@ pub mod process;
 
 use std::time::Duration;
 
+/// Sends SIGTERM to `child` and waits for it to exit (a clean stop, as systemd asks for one).
+pub fn terminate(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
 /// Upper bound for anything a test waits for; reaching it is a failure, not a synchronisation.
 pub const PATIENCE: Duration = Duration::from_secs(15);

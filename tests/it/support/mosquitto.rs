@@ -156,12 +156,8 @@ impl Mosquitto {
 
     /// Stops the broker with SIGTERM, so that it saves its persistent state.
     pub fn stop_gracefully(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            super::terminate(child);
         }
     }
 

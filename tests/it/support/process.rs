@@ -193,12 +193,8 @@ impl GatewayProcess {
 
     /// SIGTERM, and waits for the clean stop (its totals are in the log then).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            super::terminate(child);
         }
         self.join_readers();
     }
