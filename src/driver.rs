@@ -57,6 +57,10 @@ pub enum DriverError {
     /// The state directory cannot be used by this gateway.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A clients, ACL or key file is unreadable, invalid, or (with `auth.strict`) readable
+    /// by others.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A running gateway (see [`start`]).
@@ -66,6 +70,8 @@ pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     /// Asks the loop for the engine's counters (answered between two inputs).
     counters: mpsc::Sender<oneshot::Sender<Counters>>,
+    /// Asks the loop to read the auth files again (SIGHUP).
+    reload: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
     task: JoinHandle<()>,
     #[cfg(feature = "embedded-broker")]
     _embedded: Option<crate::embedded::EmbeddedBroker>,
@@ -88,6 +94,20 @@ impl Running {
         let (reply, answer) = oneshot::channel();
         self.counters.send(reply).await.ok()?;
         answer.await.ok()
+    }
+
+    /// Reads `auth.clients_file`, `auth.acl_file` and the DTLS key files again and puts
+    /// them in force without dropping sessions; devices no longer allowed are disconnected
+    /// (their wills published). A file that does not load keeps the old rules in force.
+    ///
+    /// # Errors
+    /// What was wrong with the new files (`file:line:column: key: message`), or that the
+    /// gateway has stopped.
+    pub async fn reload(&self) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || "the gateway has stopped".to_owned();
+        self.reload.send(reply).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Stops the gateway cleanly: MQTT DISCONNECT on every broker connection, then waits for
@@ -166,11 +186,26 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     let serial = SerialTransport::start(&config.serial, serial_tx, &shutdown);
     let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
     let pool = UpstreamPool::new(settings, events_tx);
-    let mut engine = Gateway::new(config.engine_settings(random_hash_seed()), &MQTT_V4);
+    let seed = random_hash_seed();
+    let auth = Auth {
+        config: config.auth.clone(),
+        seed,
+    };
+    let policy = auth.load().map_err(DriverError::Auth)?;
+    if !policy.allows_anonymous() || auth.config.lists_devices() {
+        tracing::info!(
+            allow_anonymous = policy.allows_anonymous(),
+            acl = policy.has_acl(),
+            "device authentication in force"
+        );
+    }
+    let mut engine = Gateway::new(config.engine_settings(seed), &MQTT_V4);
+    engine.set_auth(Instant::ZERO, policy);
     if storage.is_some() {
         engine.enable_persistence();
     }
     let (counters_tx, counters_rx) = mpsc::channel(4);
+    let (reload_tx, reload_rx) = mpsc::channel(4);
     let task = tokio::spawn(async move {
         let stop = async {
             let _ = stop_rx.await;
@@ -189,14 +224,16 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
             serial: serial_rx,
             upstream: events_rx,
             counters: counters_rx,
+            reload: reload_rx,
         };
-        event_loop(engine, io, inputs, stored, stop).await;
+        event_loop(engine, io, inputs, stored, auth, stop).await;
     });
     Ok(Running {
         udp: addrs,
         broker,
         stop: Some(stop_tx),
         counters: counters_tx,
+        reload: reload_tx,
         task,
         #[cfg(feature = "embedded-broker")]
         _embedded: embedded,
@@ -210,7 +247,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DriverError> {
     let running = start_with(config, recording).await?;
-    shutdown.await;
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => loop {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    Some(()) = hangup.recv() => match running.reload().await {
+                        Ok(()) => tracing::info!("SIGHUP: auth files reloaded"),
+                        Err(e) => tracing::error!("SIGHUP: reload failed, the old rules stay in force: {e}"),
+                    },
+                }
+            },
+            Err(e) => {
+                tracing::warn!("SIGHUP cannot be caught ({e}): no reload");
+                (&mut shutdown).await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    (&mut shutdown).await;
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
@@ -292,6 +350,7 @@ impl Io {
                 _ => None,
             };
             recorder.record(RecordEvent {
+                identity: None,
                 at,
                 inbound,
                 peer,
@@ -307,7 +366,10 @@ impl Io {
 fn recorded(control: Option<Control>, data: Option<&bytes::Bytes>) -> Payload {
     match control {
         Some(control) => Payload::Control(control),
-        None => Payload::Bytes(data.cloned().unwrap_or_default()),
+        None => Payload::Bytes(
+            data.map(crate::record::redact::mask_connect_passwords)
+                .unwrap_or_default(),
+        ),
     }
 }
 
@@ -324,6 +386,23 @@ struct Inputs {
     serial: mpsc::Receiver<SerialInbound>,
     upstream: mpsc::Receiver<(ConnId, ConnEvent)>,
     counters: mpsc::Receiver<oneshot::Sender<Counters>>,
+    reload: mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Where the auth policy comes from, to build it again on reload.
+struct Auth {
+    config: crate::config::AuthConfig,
+    seed: HashSeed,
+}
+
+impl Auth {
+    /// Reads the files and builds the policy; checks the secret files' permissions first.
+    fn load(&self) -> Result<crate::engine::auth::AuthPolicy, String> {
+        crate::secrets::check(self.config.secret_files(), self.config.strict)?;
+        self.config
+            .load_policy(self.seed, Vec::new())
+            .map_err(|e| e.to_string())
+    }
 }
 
 async fn event_loop(
@@ -331,16 +410,21 @@ async fn event_loop(
     mut io: Io,
     inputs: Inputs,
     stored: Vec<StoredSession>,
+    auth: Auth,
     stop: impl Future<Output = ()>,
 ) {
     let Inputs {
         mut serial,
         mut upstream,
         mut counters,
+        mut reload,
     } = inputs;
     let clock = Clock(std::time::Instant::now());
     if io.storage.is_some() {
         restore(&mut engine, stored, clock.now());
+        // Restored sessions of devices the policy no longer lets in go now.
+        let policy = engine.auth().clone();
+        engine.set_auth(clock.now(), policy);
     }
     // Every UDP datagram is read into this, then handed to the engine.
     let mut batch = io.udp.batch();
@@ -429,6 +513,10 @@ async fn event_loop(
             Some(reply) = counters.recv() => {
                 let _ = reply.send(engine.counters());
                 continue;
+            }
+            Some(reply) = reload.recv() => {
+                let result = auth.load().map(|policy| engine.set_auth(clock.now(), policy));
+                let _ = reply.send(result);
             }
             _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
                 engine.handle_timeout(clock.now());
@@ -599,6 +687,9 @@ async fn send_transmit(io: &mut Io, transmit: crate::engine::Transmit, now: Inst
         Destination::Peer(peer) => match peer.link {
             Link::Udp(addr) => io.udp.send_to(addr, &transmit.bytes).await,
             Link::Serial { port, radio } => io.serial.send(port, radio, &transmit.bytes),
+            // No `[[dtls]]` listener in this build step: nothing arrives over DTLS, so the
+            // engine has no such device to answer.
+            Link::Dtls(_) => {}
         },
         // ADVERTISE goes everywhere; GWINFO where the SEARCHGW came from.
         Destination::Broadcast { near: None } => {
@@ -608,6 +699,8 @@ async fn send_transmit(io: &mut Io, transmit: crate::engine::Transmit, now: Inst
         Destination::Broadcast { near: Some(peer) } => match peer.link {
             Link::Udp(addr) => io.udp.broadcast(Some(addr), &transmit.bytes).await,
             Link::Serial { port, .. } => io.serial.broadcast(Some(port), &transmit.bytes),
+            // A DTLS association has no broadcast: GWINFO goes to the device itself.
+            Link::Dtls(_) => {}
         },
     }
 }

@@ -40,5 +40,6 @@ pub mod embedded;
 pub mod mqtt_v4;
 pub mod record;
 pub mod replay;
+pub mod secrets;
 pub mod storage;
 pub mod transport;

@@ -57,6 +57,7 @@ struct RawConfig {
     sessions: RawSessions,
     limits: RawLimits,
     storage: RawStorage,
+    auth: super::auth::RawAuth,
 }
 
 #[derive(Deserialize, Default)]
@@ -398,6 +399,7 @@ impl RawConfig {
             sessions: self.sessions.check(cx)?,
             limits: self.limits.check(cx)?,
             storage: self.storage.check(cx)?,
+            auth: self.auth.check(cx.text, cx.origin)?,
         })
     }
 }

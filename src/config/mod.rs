@@ -11,6 +11,7 @@
 //!
 //! The shipped, commented example is `gateway.toml` at the repository root.
 
+mod auth;
 mod engine_settings;
 mod error;
 mod file;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 use crate::time::Duration;
 
+pub use auth::{parse_clients_file, AuthConfig};
 pub use error::ConfigError;
 pub use mqttsn_core::{Mode, PredefinedTopic};
 pub use value::{parse_duration, UpstreamUrl, UrlError};
@@ -51,13 +53,15 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[storage]`: where sessions are kept across restarts.
     pub storage: StorageConfig,
+    /// `[auth]`: device identities and topic rules.
+    pub auth: AuthConfig,
 }
 
 /// `[storage]`: the state directory. Without one, sessions live in memory only and a restart
 /// forgets them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
-    /// The directory of the session store (`sessions.redb` in it), created if missing.
+    /// The directory of the session store (`sessions.log` in it), created if missing.
     pub dir: Option<PathBuf>,
     /// At most one commit (one fsync) per this interval: changes that come sooner wait for
     /// it, together with everything the gateway would send meanwhile. 0: a commit after every
@@ -162,11 +166,22 @@ impl Config {
     }
 
     /// The effective configuration as TOML: every key with the value in force, defaults included,
-    /// unset optional keys as comments. Loading the output gives back an equal `Config`.
+    /// unset optional keys as comments.
     ///
-    /// Note that this includes `upstream.password` if one is set.
+    /// Passwords are left out (a comment says whether one is set), so loading the output
+    /// gives back [`Config::without_secrets`].
     pub fn to_toml_string(&self) -> String {
         print::to_toml(self)
+    }
+
+    /// This configuration without its passwords (what [`Config::to_toml_string`] shows).
+    pub fn without_secrets(&self) -> Config {
+        let mut config = self.clone();
+        config.upstream.password = None;
+        for client in &mut config.auth.clients {
+            client.password = None;
+        }
+        config
     }
 }
 
@@ -395,6 +410,7 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

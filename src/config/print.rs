@@ -72,7 +72,7 @@ pub(super) fn to_toml(config: &Config) -> String {
     out.string("embedded_bind", &u.embedded_bind.to_string());
     out.string("client_id_prefix", &u.client_id_prefix);
     out.optional("username", u.username.as_deref());
-    out.optional("password", u.password.as_deref());
+    out.secret("password", u.password.is_some());
     out.string("keep_alive", &u.keep_alive.to_string());
     out.optional_path("ca_file", u.ca_file.as_deref());
     out.optional_path("client_cert", u.client_cert.as_deref());
@@ -128,6 +128,57 @@ pub(super) fn to_toml(config: &Config) -> String {
         &config.storage.commit_interval.to_string(),
     );
 
+    let a = &config.auth;
+    out.table("[auth]");
+    out.optional_path("clients_file", a.clients_file.as_deref());
+    out.optional_path("acl_file", a.acl_file.as_deref());
+    if !a.acl_rules.is_empty() {
+        out.raw(
+            "acl_rules",
+            string_array(a.acl_rules.iter().map(String::as_str)),
+        );
+    }
+    match a.allow_anonymous {
+        Some(allow) => out.raw("allow_anonymous", allow),
+        None => out.unset(
+            "allow_anonymous",
+            if a.allows_anonymous() {
+                "yes: no devices are listed"
+            } else {
+                "no: devices are listed"
+            },
+        ),
+    }
+    match &a.qos_minus1_from {
+        Some(networks) => {
+            let texts: Vec<String> = networks.iter().map(ToString::to_string).collect();
+            out.raw(
+                "qos_minus1_from",
+                string_array(texts.iter().map(String::as_str)),
+            );
+        }
+        None => out.unset(
+            "qos_minus1_from",
+            "anywhere while anonymous devices are allowed, else nowhere",
+        ),
+    }
+    out.raw("strict", a.strict);
+    for c in &a.clients {
+        out.table("[[auth.client]]");
+        out.string("client_id", &c.client_id);
+        out.optional("psk_identity", c.psk_identity.as_deref());
+        out.optional("cert_cn", c.cert_cn.as_deref());
+        let networks: Vec<String> = c.networks.iter().map(ToString::to_string).collect();
+        out.raw(
+            "networks",
+            string_array(networks.iter().map(String::as_str)),
+        );
+        let radios: Vec<String> = c.radios.iter().map(|r| format!("{r:016X}")).collect();
+        out.raw("radio", string_array(radios.iter().map(String::as_str)));
+        out.optional("username", c.username.as_deref());
+        out.secret("password", c.password.is_some());
+    }
+
     let l = &config.limits;
     out.table("[limits]");
     out.raw("frame_rate", l.frame_rate);
@@ -173,6 +224,15 @@ impl Out {
         self.optional(key, value.map(|path| path.to_string_lossy()).as_deref());
     }
 
+    /// A password: never printed (the output of `check-config` ends up in bug reports).
+    fn secret(&mut self, key: &str, set: bool) {
+        if set {
+            self.comment(&format!("{key}: set (not shown)"));
+        } else {
+            self.comment(&format!("{key}: unset"));
+        }
+    }
+
     /// An optional key that is not set, as a comment saying what that means.
     fn unset(&mut self, key: &str, meaning: &str) {
         self.comment(&format!("{key}: unset ({meaning})"));
@@ -183,4 +243,9 @@ impl Out {
         self.0.push_str(text);
         self.0.push('\n');
     }
+}
+
+/// A TOML array of strings.
+fn string_array<'a>(items: impl Iterator<Item = &'a str>) -> toml::Value {
+    toml::Value::Array(items.map(|i| toml::Value::String(i.to_owned())).collect())
 }

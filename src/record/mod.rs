@@ -5,4 +5,5 @@
 pub mod pcap;
 pub mod pcap_reader;
 mod pcap_sink;
+pub mod redact;
 pub mod snlog;

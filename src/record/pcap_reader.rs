@@ -226,6 +226,7 @@ impl PcapTranscript {
                 self.transcript.peers.push(Peer {
                     name: name.clone(),
                     kind,
+                    identity: None,
                 });
                 self.names.insert(key, name.clone());
                 name

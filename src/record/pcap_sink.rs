@@ -45,7 +45,9 @@ impl PcapSink {
 
     fn device_addrs(peer: &PeerAddr, local: Option<SocketAddr>) -> (SocketAddr, SocketAddr) {
         match peer.link {
-            Link::Udp(addr) => {
+            // DTLS frames are written decrypted, as the UDP datagrams they would be without
+            // DTLS, between the same addresses.
+            Link::Udp(addr) | Link::Dtls(addr) => {
                 let gateway = local.unwrap_or_else(|| SocketAddr::new(addr.ip(), 1884));
                 (addr, gateway)
             }

@@ -9,6 +9,7 @@
 //! beyond `keep` is deleted) and a new `FILE` starts with its peers declared again.
 
 use crate::codec::Frame;
+use crate::engine::auth::Identity;
 use crate::engine::mqtt::wire::{fixed_header, MalformedLength};
 use crate::engine::mqtt::ConnectOptions;
 use crate::engine::PeerAddr;
@@ -64,6 +65,9 @@ pub struct RecordEvent {
     pub local: Option<std::net::SocketAddr>,
     /// What.
     pub payload: Payload,
+    /// For a frame from a DTLS association: what it proved (declared with the peer; never
+    /// a key).
+    pub identity: Option<mqttsn_core::engine::auth::Identity>,
 }
 
 /// Bounds of one recording file.
@@ -214,13 +218,13 @@ fn device_kind(addr: &PeerAddr) -> PeerKind {
 
 impl FileState {
     /// The name of a peer, declaring it on first use.
-    fn name(&mut self, endpoint: &Endpoint) -> io::Result<String> {
+    fn name(&mut self, endpoint: &Endpoint, identity: Option<&Identity>) -> io::Result<String> {
         let (key, kind) = match endpoint {
             Endpoint::Device(addr) => (format!("{addr}"), device_kind(addr)),
             Endpoint::Broadcast => ("broadcast".to_string(), PeerKind::Udp(harness::BROADCAST)),
             Endpoint::Broker { conn, owner } => {
                 let client = match owner {
-                    Some(addr) => Some(self.name(&Endpoint::Device(*addr))?),
+                    Some(addr) => Some(self.name(&Endpoint::Device(*addr), None)?),
                     None => None,
                 };
                 (format!("conn{conn}"), PeerKind::Broker { client })
@@ -247,6 +251,7 @@ impl FileState {
         let peer = Peer {
             name: name.clone(),
             kind,
+            identity: identity.cloned(),
         };
         self.out.write_peer(&peer)?;
         self.declared.push(peer);
@@ -255,7 +260,10 @@ impl FileState {
     }
 
     fn write(&mut self, event: &RecordEvent) -> io::Result<()> {
-        let name = self.name(&with_forwarder_node(&event.peer, &event.payload))?;
+        let name = self.name(
+            &with_forwarder_node(&event.peer, &event.payload),
+            event.identity.as_ref(),
+        )?;
         let at = Instant::from_millis(event.at.saturating_since(self.started).as_millis());
         // The broker side is a byte stream: write it one MQTT packet per line.
         if let (Endpoint::Broker { conn, .. }, Payload::Bytes(bytes)) =
@@ -556,12 +564,14 @@ mod tests {
                 owner: None,
             },
             local: None,
+            identity: None,
             payload: Payload::Bytes(Bytes::copy_from_slice(bytes)),
         }
     }
 
     fn broker_control(at: u64, inbound: bool, control: Control) -> RecordEvent {
         RecordEvent {
+            identity: None,
             payload: Payload::Control(control),
             ..broker_bytes(at, inbound, &[])
         }

@@ -67,7 +67,9 @@ fn udp_address(peer: &Peer) -> Option<(SocketAddr, Option<Vec<u8>>)> {
     match &peer.kind {
         PeerKind::Udp(addr) => Some((*addr, None)),
         PeerKind::Forwarded { via, node_id } => Some((*via, Some(node_id.clone()))),
-        PeerKind::Serial { .. } | PeerKind::Broker { .. } => None,
+        // A DTLS device's frames were recorded decrypted: replaying them needs a handshake
+        // this replayer does not make.
+        PeerKind::Dtls(_) | PeerKind::Serial { .. } | PeerKind::Broker { .. } => None,
     }
 }
 

@@ -274,6 +274,7 @@ fn a_recording_rotates_by_size_and_keeps_n_files() {
             peer: Endpoint::Device(PeerAddr::udp(([10, 0, 0, 1], 5000).into())),
             local: None,
             payload: Payload::Bytes(frame.clone().into()),
+            identity: None,
         });
     }
     recorder.finish();

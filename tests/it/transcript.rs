@@ -481,6 +481,7 @@ fn streaming_writer_output_parses_back() {
     let dev = Peer {
         name: "dev1".into(),
         kind: PeerKind::Udp(addr("127.0.0.1:40000")),
+        identity: None,
     };
     let long = Peer {
         name: "a-much-longer-name".into(),
@@ -488,6 +489,7 @@ fn streaming_writer_output_parses_back() {
             port: "/dev/ttyAMA0".into(),
             radio: None,
         },
+        identity: None,
     };
     let entries = vec![
         Entry::input(ms(0), "dev1", &[8, 4, 4, 1, 0, 0x3C, 0x73, 0x31])
@@ -552,6 +554,7 @@ fn peer_strategy(index: usize) -> impl Strategy<Value = Peer> {
     .prop_map(move |kind| Peer {
         name: name.clone(),
         kind,
+        identity: None,
     })
 }
 
@@ -574,6 +577,7 @@ fn transcript_strategy() -> impl Strategy<Value = Transcript> {
             peers.push(Peer {
                 name: "brk".into(),
                 kind: PeerKind::Broker { client: None },
+                identity: None,
             });
             let mut at = 0;
             let entries: Vec<Entry> = raw_entries

@@ -24,10 +24,13 @@ pub fn harness(transcript: &Transcript) -> GatewayHarness {
 pub fn harness_seeded(transcript: &Transcript, seed: HashSeed) -> GatewayHarness {
     let config = Config::from_toml_str(&transcript.config_toml(), "@config")
         .unwrap_or_else(|e| panic!("transcript @config: {e}"));
-    GatewayHarness::new(
-        transcript,
-        Gateway::new(config.engine_settings(seed), &MQTT_V4),
-    )
+    let mut gateway = Gateway::new(config.engine_settings(seed), &MQTT_V4);
+    let policy = config
+        .auth
+        .load_policy(seed, Vec::new())
+        .unwrap_or_else(|e| panic!("transcript @config auth: {e}"));
+    gateway.set_auth(mqttsn_gateway::time::Instant::ZERO, policy);
+    GatewayHarness::new(transcript, gateway)
 }
 
 fn transcripts() -> Vec<PathBuf> {

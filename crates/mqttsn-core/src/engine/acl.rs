@@ -12,8 +12,8 @@
 //! only if the filter is no wider than a rule's (`sensors/+` under `sensors/#`, not `#` under
 //! `sensors/#`); a `deny` rule refuses a subscription that overlaps it at all.
 //!
-//! Not enforced yet: the rest of issue 12 (`[auth] acl_file`, and every path a topic takes:
-//! PUBLISH at every QoS, SUBSCRIBE, wills, retained messages) builds on this.
+//! A ClientId or username holding `+`, `#` or `/` gets no pattern rules naming it: put into a
+//! rule, it would widen it or reach into another device's topics.
 
 use thiserror::Error;
 
@@ -144,8 +144,12 @@ impl Acl {
             None => &self.anonymous[..],
         };
         let patterns = self.patterns.iter().filter_map(|rule| {
-            // A pattern naming the username says nothing about a device without one.
-            if rule.filter.contains("%u") && username.is_none() {
+            // A pattern naming the username says nothing about a device without one, and a
+            // name that would change the rule's shape gets none.
+            let unusable = |name: Option<&str>| name.is_none_or(|n| n.contains(['+', '#', '/']));
+            if (rule.filter.contains("%u") && unusable(username))
+                || (rule.filter.contains("%c") && unusable(Some(client_id)))
+            {
                 return None;
             }
             Some(Rule {
@@ -169,6 +173,18 @@ impl Acl {
             && rules
                 .iter()
                 .any(|r| r.access.writes() && topic::matches(&r.filter, topic))
+    }
+
+    /// Whether the device may receive a message published to the topic name `topic`.
+    pub fn may_receive(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
+        let rules = self.rules_for(client_id, username);
+        let denied = rules
+            .iter()
+            .any(|r| r.access == Access::Deny && topic::matches(&r.filter, topic));
+        !denied
+            && rules
+                .iter()
+                .any(|r| r.access.reads() && topic::matches(&r.filter, topic))
     }
 
     /// Whether the device may subscribe to `filter`: a rule must allow all of it, and no deny
@@ -317,6 +333,20 @@ pattern write users/%u/status
         assert!(!acl.may_subscribe("c", Some("u"), "a/+"));
         assert!(!acl.may_subscribe("c", Some("u"), "a/#"));
         assert!(!acl.may_subscribe("c", Some("u"), "a/secret"));
+    }
+
+    #[test]
+    fn names_with_wildcards_or_levels_get_no_pattern_rules() {
+        let acl = acl();
+        assert!(!acl.may_publish("+", None, "devices/x/y"));
+        assert!(!acl.may_subscribe("#", None, "devices/#"));
+        assert!(
+            !acl.may_publish("c1/x", None, "devices/c1/x/y"),
+            "would write into c1's space"
+        );
+        assert!(!acl.may_publish("c", Some("a/b"), "users/a/b/status"));
+        assert!(acl.may_receive("c2", None, "devices/c2/in"));
+        assert!(!acl.may_receive("c2", None, "devices/c3/in"));
     }
 
     #[test]

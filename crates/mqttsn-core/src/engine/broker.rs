@@ -245,7 +245,15 @@ impl Gateway {
             qos: mqtt::QoS::from_sn(w.qos).unwrap_or(mqtt::QoS::AtMostOnce),
             retain: w.retain,
         });
-        self.connect_options(client_id, client.clean_session, will)
+        let mut options = self.connect_options(client_id, client.clean_session, will);
+        // A listed device logs in to the broker with its own credentials, if it has them.
+        if let Some(entry) = self.auth.entry(&client.client_id) {
+            if entry.username.is_some() {
+                options.username = entry.username.as_deref().map(str::to_owned);
+                options.password = entry.password.as_deref().map(str::to_owned);
+            }
+        }
+        options
     }
 
     fn accept_connect(&mut self, now: Instant, key: ClientKey) {
@@ -482,6 +490,18 @@ impl Gateway {
                     targets.retain(|(key, _)| wanted.contains(key));
                 }
             }
+        }
+        if self.auth.has_acl() {
+            // Subscriptions were checked when granted; this catches what a reloaded ACL took
+            // away since, and a transparent-mode broker that sends more than was asked for.
+            let before = targets.len();
+            let (clients, auth) = (&self.clients, &self.auth);
+            targets.retain(|&(key, _)| {
+                clients
+                    .get(key.0)
+                    .is_some_and(|c| auth.may_receive(&c.client_id, &topic))
+            });
+            self.counters.acl_refused += (before - targets.len()) as u64;
         }
         // The payload arrives as a slice of the session's receive buffer: held for a sleeper,
         // it would pin the whole buffer (a 16-byte message kept 200 KB alive). If any target

@@ -199,6 +199,9 @@ pub struct Client {
     /// acknowledged a gateway PUBLISH, PUBREL or REGISTER). Until then it gets no more bytes
     /// than it sent, so that a forged source address cannot be flooded through the gateway.
     pub verified: bool,
+    /// What the DTLS association it connected over proved (not stored: after a restart a
+    /// device shakes hands again).
+    pub identity: Option<super::auth::Identity>,
     /// While not verified: bytes received from `peer` less bytes sent to it.
     pub credit: u32,
     /// Changed since the engine last persisted (listed once in its changed-sessions list).
@@ -253,6 +256,7 @@ impl Client {
             budget: Budget::default(),
             overdraft_share: OverdraftShare::default(),
             verified: false,
+            identity: None,
             credit: 0,
             unpersisted: false,
             extras: None,

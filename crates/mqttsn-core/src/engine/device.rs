@@ -245,6 +245,16 @@ impl Gateway {
         if c.client_id.is_empty() || c.client_id.len() > self.settings.client_id_max_len {
             return self.reject_connect(peer, ReturnCode::NotSupported, "client id length");
         }
+        // Before anything changes: a CONNECT that does not prove the ClientId's identity
+        // leaves the session of that ClientId (and any other) as it was.
+        let identity = self.inbound_identity.clone();
+        if let Err(refusal) = self
+            .auth
+            .authenticate(c.client_id, &peer, identity.as_ref())
+        {
+            self.counters.not_authorized += 1;
+            return self.reject_connect(peer, ReturnCode::NotSupported, refusal.reason());
+        }
         if !self.broker_up {
             return self.reject_connect(peer, ReturnCode::Congestion, "broker unreachable");
         }
@@ -289,6 +299,7 @@ impl Gateway {
                 return;
             };
             let resumed = client.state == State::Asleep || client.state == State::Awake;
+            client.identity = identity;
             client.last_seen = now;
             client.keep_alive_secs = c.duration;
             let wipe = c.clean_session && !resumed;
@@ -351,6 +362,9 @@ impl Gateway {
         }
         if w.topic.len() > self.settings.limits.max_will_bytes {
             return self.refuse_will(key, "will topic over limits.max_will_bytes");
+        }
+        if !self.may_publish(key, w.topic) {
+            return self.refuse_will(key, "not authorized: the ACL does not allow the will topic");
         }
         let topic = self.interner.intern(w.topic);
         let Some(client) = self.client_mut(key) else {
@@ -425,6 +439,7 @@ impl Gateway {
                 .map_or(0, |w| w.payload.len());
             if topic::validate_topic_name(w.topic).is_err()
                 || w.topic.len() + payload_len > self.settings.limits.max_will_bytes
+                || !self.may_publish(key, w.topic)
             {
                 ReturnCode::NotSupported
             } else {
@@ -478,6 +493,9 @@ impl Gateway {
         let known = self.client(key).is_some_and(|c| c.registry.contains(name));
         let room = known || self.client(key).is_some_and(|c| c.registry.len() < max);
         let (topic_id, rc) = if topic::validate_topic_name(name).is_err() {
+            (0, ReturnCode::NotSupported)
+        } else if !self.may_publish(key, name) {
+            // REGISTER asks for an id to publish with.
             (0, ReturnCode::NotSupported)
         } else if !room {
             // Refused before the name is interned: a full registry stores nothing more.
@@ -544,6 +562,16 @@ impl Gateway {
         let Some(topic) = topic else {
             return self.drop_frame(peer, "QoS -1 PUBLISH on an unknown topic".into());
         };
+        let allowed = match key {
+            Some(key) => self.may_publish(key, &topic),
+            None => {
+                self.auth.allows_qos_minus1_from(&peer) && self.auth.may_publish_anonymously(&topic)
+            }
+        };
+        if !allowed {
+            self.counters.acl_refused += 1;
+            return self.drop_frame(peer, "not authorized: QoS -1 PUBLISH refused".into());
+        }
         let conn = key.map_or(ConnId::GATEWAY, |k| self.conn_of(k));
         if self
             .admit(key, Some(peer), conn, p.data.len() + topic.len(), true)
@@ -578,6 +606,9 @@ impl Gateway {
             // §6.6: an unknown topic id is answered at every QoS.
             return refuse(self, ReturnCode::InvalidTopicId);
         };
+        if !self.may_publish(key, &topic) {
+            return refuse(self, ReturnCode::NotSupported);
+        }
         let conn = self.conn_of(key);
         let size = p.data.len() + topic.len();
         if p.qos == QoS::Zero {
@@ -708,6 +739,10 @@ impl Gateway {
         if !matches!(s.topic, TopicFilter::Name(_)) && !self.has_room_for_filter(key, &filter) {
             return suback(self, topic_id, ReturnCode::Congestion);
         }
+        if !self.auth.may_subscribe(&client_id, &filter) {
+            self.counters.acl_refused += 1;
+            return suback(self, 0, ReturnCode::NotSupported);
+        }
         let transparent = self.settings.mode == Mode::Transparent;
         if let Some(client) = self.client_mut(key) {
             let extras = client.extras_mut();
@@ -802,9 +837,16 @@ impl Gateway {
     }
 
     fn on_ping_with_id(&mut self, now: Instant, peer: PeerAddr, key: ClientKey) {
+        if let Some(refusal) = self.refuse_move(key, peer) {
+            return self.drop_frame(peer, format!("PINGREQ with a ClientId: {refusal}"));
+        }
+        let identity = self.inbound_identity.clone();
         let Some(client) = self.client_mut(key) else {
             return;
         };
+        if client.peer != peer {
+            client.identity = identity;
+        }
         client.last_seen = now;
         // A PINGREQ proves its own address only; one naming the ClientId from elsewhere moves
         // the session there, and the new address has to prove itself.
@@ -835,6 +877,38 @@ impl Gateway {
                 self.send(peer, Message::Disconnect { duration: None });
             }
         }
+    }
+
+    /// Why a frame naming `key`'s ClientId from `peer` may not move the session there: the
+    /// address does not prove the identity, or another session lives there (it would be cut
+    /// off from its own address).
+    fn refuse_move(&mut self, key: ClientKey, peer: PeerAddr) -> Option<&'static str> {
+        let client = self.client(key)?;
+        if client.peer == peer {
+            return None;
+        }
+        if self.by_peer.get(&peer).is_some_and(|&other| other != key) {
+            return Some("another session is at that address");
+        }
+        let identity = self.inbound_identity.as_ref();
+        match self.auth.authenticate(&client.client_id, &peer, identity) {
+            Ok(()) => None,
+            Err(refusal) => {
+                self.counters.not_authorized += 1;
+                Some(refusal.reason())
+            }
+        }
+    }
+
+    /// Whether `key`'s device may publish to `topic` (ACL); a refusal is counted.
+    fn may_publish(&mut self, key: ClientKey, topic: &str) -> bool {
+        let allowed = self
+            .client(key)
+            .is_some_and(|c| self.auth.may_publish(&c.client_id, topic));
+        if !allowed {
+            self.counters.acl_refused += 1;
+        }
+        allowed
     }
 
     fn on_disconnect(&mut self, now: Instant, key: ClientKey, duration: Option<u16>) {

@@ -4,6 +4,7 @@
 //! devices).
 
 use super::admission::AddressBudgets;
+use super::auth::{AuthPolicy, Identity};
 use super::client::{Client, State};
 use super::mqtt::wire::MqttWire;
 use super::mqtt::{ConnectOptions, LastWill, MqttError, MqttSession};
@@ -80,6 +81,14 @@ pub struct Counters {
     /// SEARCHGW left unanswered because GWINFO went out less than `timers.gwinfo_interval`
     /// ago.
     pub searchgw_unanswered: u64,
+    /// CONNECTs and wake-ups refused because the device did not prove the ClientId's
+    /// identity (`[auth]`: not listed, wrong network, radio or DTLS identity); the session of
+    /// that ClientId, if any, is untouched. Also counted in `connects_rejected` for CONNECT.
+    pub not_authorized: u64,
+    /// PUBLISH, REGISTER, SUBSCRIBE and wills refused by the ACL (return code 0x03), QoS -1
+    /// publishes from outside `auth.qos_minus1_from`, and broker messages a device may not
+    /// receive.
+    pub acl_refused: u64,
 }
 
 /// An upstream connection and the session state behind it.
@@ -147,6 +156,10 @@ pub struct Gateway {
     pub(super) gwinfo_at: Option<Box<[Option<Instant>]>>,
     /// What a restart must keep, when a store is in use ([`super::persist`]).
     pub(super) persist: Option<Box<super::persist::Persistence>>,
+    /// Who may connect as whom, and the topic rules (`[auth]`).
+    pub(super) auth: AuthPolicy,
+    /// While a frame from a DTLS association is handled: what the association proved.
+    pub(super) inbound_identity: Option<Identity>,
 }
 
 impl Gateway {
@@ -183,6 +196,8 @@ impl Gateway {
             anonymous_budgets: AddressBudgets::default(),
             sessionless_frames: AddressBudgets::default(),
             persist: None,
+            auth: AuthPolicy::open(seed),
+            inbound_identity: None,
         };
         let id = format!(
             "{}gateway-{}",
@@ -205,6 +220,59 @@ impl Gateway {
     }
 
     // ----- public interface -------------------------------------------------------------
+
+    /// A frame arrived inside a DTLS association with `from` that proved `identity`: the
+    /// ClientId it connects with must be that identity's ([`AuthPolicy::authenticate`]).
+    pub fn handle_secured_frame(
+        &mut self,
+        now: Instant,
+        from: PeerAddr,
+        identity: &Identity,
+        bytes: &[u8],
+    ) {
+        self.inbound_identity = Some(identity.clone());
+        self.handle_frame(now, from, bytes);
+        self.inbound_identity = None;
+    }
+
+    /// Puts a new [`AuthPolicy`] in force (at start, and on reload). Every session is checked
+    /// against it: a connected device that may no longer be who it is gets DISCONNECT and is
+    /// lost (its will is published); a kept session that may not come back goes.
+    pub fn set_auth(&mut self, now: Instant, policy: AuthPolicy) {
+        self.now = self.now.max(now);
+        self.auth = policy;
+        let refused: Vec<ClientKey> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                self.auth
+                    .authenticate(&c.client_id, &c.peer, c.identity.as_ref())
+                    .is_err()
+            })
+            .map(|(key, _)| ClientKey(key))
+            .collect();
+        for key in refused {
+            let Some((peer, state)) = self.client(key).map(|c| (c.peer, c.state)) else {
+                continue;
+            };
+            self.counters.not_authorized += 1;
+            if state == State::Disconnected {
+                self.remove_client(key);
+                continue;
+            }
+            self.send(peer, Message::Disconnect { duration: None });
+            self.lose_client(key, "no longer authorized (configuration reloaded)");
+            // A kept session would let it back in by its old proof; it is not coming back.
+            if self.client(key).is_some() {
+                self.remove_client(key);
+            }
+        }
+    }
+
+    /// The policy in force.
+    pub fn auth(&self) -> &AuthPolicy {
+        &self.auth
+    }
 
     /// A datagram (or serial frame) arrived from `from` (a direct link address; the forwarder
     /// node id, if any, is read from the frame).

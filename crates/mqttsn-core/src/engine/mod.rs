@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod admission;
+pub mod auth;
 mod broker;
 mod client;
 mod delivery;

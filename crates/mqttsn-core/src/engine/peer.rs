@@ -13,6 +13,9 @@ pub const MAX_NODE_ID: usize = 8;
 pub enum Link {
     /// A UDP peer.
     Udp(SocketAddr),
+    /// A UDP peer whose frames travel inside a DTLS association (`[[dtls]]` listeners): its
+    /// frames come with the identity the association proved.
+    Dtls(SocketAddr),
     /// A device behind serial port number `port` (index into `[[serial]]`); `radio` is the
     /// radio's source address where the framing has one (XBee 64-bit address), else 0.
     Serial {
@@ -78,6 +81,7 @@ impl fmt::Display for PeerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.link {
             Link::Udp(addr) => write!(f, "udp:{addr}")?,
+            Link::Dtls(addr) => write!(f, "dtls:{addr}")?,
             Link::Serial { port, radio } => write!(f, "serial{port}:{radio:016X}")?,
         }
         if let Some(node) = &self.node {

@@ -78,6 +78,7 @@ pub fn device_kind(peer: PeerAddr, port_name: impl FnOnce(u16) -> String) -> Pee
             node_id: node.as_bytes().to_vec(),
         },
         (Link::Udp(addr), None) => PeerKind::Udp(addr),
+        (Link::Dtls(addr), _) => PeerKind::Dtls(addr),
         (Link::Serial { port, radio }, _) => PeerKind::Serial {
             port: port_name(port),
             radio: (radio != 0).then(|| radio.to_be_bytes().to_vec()),
@@ -186,6 +187,7 @@ impl GatewayHarness {
     /// A new engine with the same settings, restored from the store.
     fn restored(&self, now: Instant) -> Gateway {
         let mut gw = Gateway::new(self.gw.settings().clone(), self.gw.wire());
+        gw.set_auth(now, self.gw.auth().clone());
         gw.enable_persistence();
         if let Some(store) = &self.store {
             let report = gw.restore(now, store.load());
@@ -226,6 +228,7 @@ impl GatewayHarness {
     fn peer_addr(&mut self, kind: &PeerKind) -> Option<PeerAddr> {
         Some(match kind {
             PeerKind::Udp(addr) => PeerAddr::udp(*addr),
+            PeerKind::Dtls(addr) => PeerAddr::direct(Link::Dtls(*addr)),
             // The line carries the whole encapsulated frame; the engine reads the node id.
             PeerKind::Forwarded { via, .. } => PeerAddr::udp(*via),
             PeerKind::Serial { port, radio } => PeerAddr::direct(Link::Serial {
@@ -313,7 +316,10 @@ impl Replayable for GatewayHarness {
             }
             (kind, ReplayInput::Frame(bytes)) => {
                 if let Some(peer) = self.peer_addr(kind) {
-                    self.gw.handle_frame(now, peer, bytes);
+                    match &from.identity {
+                        Some(identity) => self.gw.handle_secured_frame(now, peer, identity, bytes),
+                        None => self.gw.handle_frame(now, peer, bytes),
+                    }
                 }
             }
             (_, ReplayInput::Control(_)) => {}

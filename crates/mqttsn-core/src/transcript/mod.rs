@@ -82,6 +82,7 @@ mod write;
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::engine::auth::Identity;
 use crate::time::{Duration, Instant};
 
 pub use parse::{TranscriptError, TranscriptErrorKind};
@@ -112,6 +113,8 @@ pub struct Peer {
     pub name: String,
     /// Where the peer is, as the gateway sees it.
     pub kind: PeerKind,
+    /// For a DTLS peer: what its association proved (`psk ID` or `cert NAME` on the line).
+    pub identity: Option<Identity>,
 }
 
 /// A peer's address, in the terms the gateway's transports and upstream connections use. The
@@ -120,6 +123,8 @@ pub struct Peer {
 pub enum PeerKind {
     /// A device reached over UDP at this address.
     Udp(SocketAddr),
+    /// A device reached over DTLS at this UDP address; the frames are the decrypted ones.
+    Dtls(SocketAddr),
     /// A device on a serial link, optionally identified by its radio source address.
     Serial {
         /// The serial port (device path).

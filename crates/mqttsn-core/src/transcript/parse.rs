@@ -2,8 +2,10 @@
 //! peers, one side `gw`, time order, wildcards only in expected outputs, control entries only on
 //! broker peers and in their direction) so that the harness never has to. Total: any input gives a transcript or an error naming the line, never a panic.
 
+use crate::engine::auth::Identity;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -16,7 +18,7 @@ use crate::time::{Duration, Instant};
 /// Longest wireless node id that fits the one-octet encapsulation length (3 + id ≤ 255).
 const MAX_NODE_ID_LEN: usize = 252;
 
-const PEER_USAGE: &str = "`@peer NAME udp ADDR [via-forwarder NODEID]`, `@peer NAME serial PORT [RADIO]` or `@peer NAME broker [CLIENT]`";
+const PEER_USAGE: &str = "`@peer NAME udp ADDR [via-forwarder NODEID]`, `@peer NAME dtls ADDR psk|cert IDENTITY`, `@peer NAME serial PORT [RADIO]` or `@peer NAME broker [CLIENT]`";
 
 /// Why a transcript does not parse, and where: `origin:line[:column]: what is wrong`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +231,7 @@ pub enum TranscriptErrorKind {
 fn kind_word(kind: &PeerKind) -> &'static str {
     match kind {
         PeerKind::Udp(_) => "udp",
+        PeerKind::Dtls(_) => "dtls",
         PeerKind::Forwarded { .. } => "udp via-forwarder",
         PeerKind::Serial { .. } => "serial",
         PeerKind::Broker { .. } => "broker",
@@ -790,6 +793,7 @@ impl Parser<'_> {
             Ok(bytes) if !bytes.is_empty() => Ok(bytes),
             _ => Err(bad(Some(word), format!("{what} {word:?} is not hex bytes"))),
         };
+        let mut identity = None;
         let (kind, used) = match kind_word {
             "udp" => {
                 let Some(&addr) = words.get(2) else {
@@ -818,6 +822,25 @@ impl Parser<'_> {
                     }
                     _ => (PeerKind::Udp(addr), 3),
                 }
+            }
+            "dtls" => {
+                let Some(&addr) = words.get(2) else {
+                    return Err(bad(Some(kind_word), "no address after dtls".to_string()));
+                };
+                let addr = socket_addr(addr)?;
+                identity = Some(match (words.get(3), words.get(4)) {
+                    (Some(&"psk"), Some(&id)) => Identity::Psk(id.into()),
+                    (Some(&"cert"), Some(&names)) => {
+                        Identity::Certificate(names.split(',').map(Arc::from).collect())
+                    }
+                    (word, _) => {
+                        return Err(bad(
+                            word.copied(),
+                            "a dtls peer needs `psk IDENTITY` or `cert NAME[,NAME...]`".into(),
+                        ))
+                    }
+                });
+                (PeerKind::Dtls(addr), 5)
             }
             "serial" => {
                 let Some(&port) = words.get(2) else {
@@ -878,7 +901,7 @@ impl Parser<'_> {
             other => {
                 return Err(bad(
                     Some(other),
-                    format!("unknown kind {other:?} (expected udp, serial or broker)"),
+                    format!("unknown kind {other:?} (expected udp, dtls, serial or broker)"),
                 ))
             }
         };
@@ -899,6 +922,7 @@ impl Parser<'_> {
         self.transcript.peers.push(Peer {
             name: name.to_string(),
             kind,
+            identity,
         });
         self.peer_lines.push(line_no);
         Ok(())

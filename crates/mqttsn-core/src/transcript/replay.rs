@@ -693,6 +693,7 @@ impl<E: Replayable + ?Sized> Runner<'_, E> {
         self.run.extra_peers.push(Peer {
             name: name.clone(),
             kind,
+            identity: None,
         });
         name
     }

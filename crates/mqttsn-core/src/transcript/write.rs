@@ -6,6 +6,7 @@ use std::fmt;
 use std::io;
 
 use super::{Entry, Payload, Peer, PeerKind, Transcript};
+use crate::engine::auth::Identity;
 use crate::time::{Duration, Instant};
 
 /// Width of the time column: `1234.567` and two spaces.
@@ -44,6 +45,11 @@ fn compact_hex(bytes: &[u8]) -> String {
 pub(super) fn peer_line(peer: &Peer) -> String {
     let kind = match &peer.kind {
         PeerKind::Udp(addr) => format!("udp {addr}"),
+        PeerKind::Dtls(addr) => match &peer.identity {
+            Some(Identity::Psk(id)) => format!("dtls {addr} psk {id}"),
+            Some(Identity::Certificate(names)) => format!("dtls {addr} cert {}", names.join(",")),
+            None => format!("dtls {addr}"),
+        },
         PeerKind::Forwarded { via, node_id } => {
             format!("udp {via} via-forwarder {}", compact_hex(node_id))
         }

@@ -315,24 +315,31 @@ impl Writer<'_> {
         self.0.extend_from_slice(b);
     }
     fn peer(&mut self, peer: &PeerAddr) {
-        match peer.link {
-            Link::Udp(SocketAddr::V4(a)) => {
-                self.u8(0);
+        // A DTLS device's address is a UDP address with its own tag (3 or 4 for 0 or 1).
+        let (tag, addr) = match peer.link {
+            Link::Udp(addr) => (0, Some(addr)),
+            Link::Dtls(addr) => (3, Some(addr)),
+            Link::Serial { .. } => (2, None),
+        };
+        match (addr, peer.link) {
+            (Some(SocketAddr::V4(a)), _) => {
+                self.u8(tag);
                 self.0.extend_from_slice(&a.ip().octets());
                 self.u16(a.port());
             }
-            Link::Udp(SocketAddr::V6(a)) => {
-                self.u8(1);
+            (Some(SocketAddr::V6(a)), _) => {
+                self.u8(tag + 1);
                 self.0.extend_from_slice(&a.ip().octets());
                 self.u16(a.port());
                 self.u32(a.flowinfo());
                 self.u32(a.scope_id());
             }
-            Link::Serial { port, radio } => {
+            (_, Link::Serial { port, radio }) => {
                 self.u8(2);
                 self.u16(port);
                 self.u64(radio);
             }
+            (None, _) => {}
         }
         match &peer.node {
             None => self.u8(0xFF),
@@ -386,17 +393,25 @@ impl<'a> Reader<'a> {
         self.take(len)
     }
     fn peer(&mut self) -> Result<PeerAddr, RecordError> {
-        let link = match self.u8()? {
-            0 => {
-                let ip = Ipv4Addr::from(self.array::<4>()?);
-                Link::Udp(SocketAddr::new(IpAddr::V4(ip), self.u16()?))
+        let tag = self.u8()?;
+        let udp = |addr| {
+            if tag >= 3 {
+                Link::Dtls(addr)
+            } else {
+                Link::Udp(addr)
             }
-            1 => {
+        };
+        let link = match tag {
+            0 | 3 => {
+                let ip = Ipv4Addr::from(self.array::<4>()?);
+                udp(SocketAddr::new(IpAddr::V4(ip), self.u16()?))
+            }
+            1 | 4 => {
                 let ip = Ipv6Addr::from(self.array::<16>()?);
                 let port = self.u16()?;
                 let flowinfo = self.u32()?;
                 let scope = self.u32()?;
-                Link::Udp(SocketAddr::V6(SocketAddrV6::new(ip, port, flowinfo, scope)))
+                udp(SocketAddr::V6(SocketAddrV6::new(ip, port, flowinfo, scope)))
             }
             2 => Link::Serial {
                 port: self.u16()?,
