@@ -13,6 +13,7 @@ mod overload;
 mod record;
 mod replay;
 mod restart;
+mod security;
 mod serial;
 mod shutdown;
 mod support;

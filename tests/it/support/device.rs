@@ -18,6 +18,13 @@ impl Device {
         Device { socket, gw }
     }
 
+    /// A device with a fresh socket on `ip` (another loopback address, 127.0.0.2, stands
+    /// for a device on another network).
+    pub async fn new_at(ip: &str, gw: SocketAddr) -> Device {
+        let socket = UdpSocket::bind((ip, 0)).await.expect("bind");
+        Device { socket, gw }
+    }
+
     /// Sends one message.
     pub async fn send(&self, msg: Message<'_>) {
         let bytes = msg.to_vec().expect("encodable");

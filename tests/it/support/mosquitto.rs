@@ -14,6 +14,8 @@ pub struct Mosquitto {
     port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// Configuration lines that replace `allow_anonymous true` (a password file, an ACL).
+    auth: Option<String>,
     /// Every "New client connected ... as ID" line of its log so far, as the ids.
     connects: Arc<Mutex<Vec<String>>>,
 }
@@ -35,7 +37,22 @@ impl Mosquitto {
         Self::start_with(true)
     }
 
+    /// Starts Mosquitto with `auth` configuration lines (e.g. `password_file`, `acl_file`,
+    /// `allow_anonymous false`) in place of its open default.
+    pub fn start_secured(auth: &str) -> Mosquitto {
+        Self::start_full(false, Some(auth.to_owned()))
+    }
+
+    /// The broker's scratch directory (for its password and ACL files).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     fn start_with(persistent: bool) -> Mosquitto {
+        Self::start_full(persistent, None)
+    }
+
+    fn start_full(persistent: bool, auth: Option<String>) -> Mosquitto {
         let dir = std::env::temp_dir().join(format!(
             "mqttsn-mosquitto-{}-{}",
             std::process::id(),
@@ -57,6 +74,7 @@ impl Mosquitto {
                 port: free_port(),
                 dir: dir.clone(),
                 persistent,
+                auth: auth.clone(),
                 connects: Arc::default(),
             };
             if broker.spawn() {
@@ -177,10 +195,11 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\n\
+                "listener {} 127.0.0.1\n{}\n\
                  max_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n\
                  log_type notice\nlog_type information\n{}",
                 self.port,
+                self.auth.as_deref().unwrap_or("allow_anonymous true"),
                 if self.persistent {
                     format!(
                         "persistence true\npersistence_location {}/\n",

@@ -33,8 +33,20 @@ impl Client {
         Self::connect_with(port, id, false).await
     }
 
+    /// Like [`Client::connect`], logging in as `username` with `password`.
+    pub async fn connect_as(port: u16, id: &str, username: &str, password: &str) -> Client {
+        Self::connect_full(port, id, true, Some((username, password))).await
+    }
+
     async fn connect_with(port: u16, id: &str, clean: bool) -> Client {
+        Self::connect_full(port, id, clean, None).await
+    }
+
+    async fn connect_full(port: u16, id: &str, clean: bool, login: Option<(&str, &str)>) -> Client {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((username, password)) = login {
+            options.set_credentials(username, password);
+        }
         options.set_clean_session(clean);
         options.set_keep_alive(std::time::Duration::from_secs(30));
         options.set_max_packet_size(1 << 20, 1 << 20);

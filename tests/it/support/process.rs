@@ -169,6 +169,16 @@ impl GatewayProcess {
         self.log.lock().unwrap().clone()
     }
 
+    /// Sends SIGHUP (reload the auth files).
+    pub fn hangup(&self) {
+        if let Some(child) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .arg("-HUP")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// SIGKILL: no shutdown, no last write, as a crash or a power cut.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
