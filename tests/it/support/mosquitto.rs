@@ -43,11 +43,6 @@ impl Mosquitto {
         Self::start_full(false, Some(auth.to_owned()))
     }
 
-    /// The broker's scratch directory (for its password and ACL files).
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
-    }
-
     fn start_with(persistent: bool) -> Mosquitto {
         Self::start_full(persistent, None)
     }
