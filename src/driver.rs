@@ -18,6 +18,7 @@ use crate::storage::group_commit::{GroupCommit, Outputs};
 use crate::storage::StorageError;
 use crate::time::Instant;
 use crate::transcript::Control;
+use crate::transport::dtls_io::DtlsTransport;
 use crate::transport::serial::port::{SerialInbound, SerialTransport};
 use crate::transport::shutdown::{self, Trigger};
 use crate::transport::udp::{TooLong, UdpError, UdpTransport};
@@ -57,6 +58,9 @@ pub enum DriverError {
     /// The state directory cannot be used by this gateway.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A `[[dtls]]` listener could not be set up.
+    #[error(transparent)]
+    Dtls(#[from] crate::transport::dtls_io::DtlsSetupError),
     /// A clients, ACL or key file is unreadable, invalid, or (with `auth.strict`) readable
     /// by others.
     #[error("{0}")]
@@ -66,6 +70,7 @@ pub enum DriverError {
 /// A running gateway (see [`start`]).
 pub struct Running {
     udp: Vec<SocketAddr>,
+    dtls: Vec<SocketAddr>,
     broker: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     /// Asks the loop for the engine's counters (answered between two inputs).
@@ -81,6 +86,11 @@ impl Running {
     /// The UDP addresses the gateway listens on (with the real port when configured as 0).
     pub fn udp_addrs(&self) -> &[SocketAddr] {
         &self.udp
+    }
+
+    /// The DTLS addresses the gateway listens on.
+    pub fn dtls_addrs(&self) -> &[SocketAddr] {
+        &self.dtls
     }
 
     /// The broker address in use, when it is a plain TCP address (embedded or `mqtt://`).
@@ -187,11 +197,19 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
     let pool = UpstreamPool::new(settings, events_tx);
     let seed = random_hash_seed();
+    let dtls = DtlsTransport::bind(&config.dtls)?;
+    for addr in dtls.local_addrs() {
+        tracing::info!(%addr, "listening for MQTT-SN over DTLS");
+    }
+    let dtls_addrs = dtls.local_addrs();
     let auth = Auth {
         config: config.auth.clone(),
+        dtls_secrets: dtls.secret_files(),
         seed,
     };
-    let policy = auth.load().map_err(DriverError::Auth)?;
+    let policy = auth
+        .load(dtls.read_psk_identities().map_err(DriverError::Auth)?)
+        .map_err(DriverError::Auth)?;
     if !policy.allows_anonymous() || auth.config.lists_devices() {
         tracing::info!(
             allow_anonymous = policy.allows_anonymous(),
@@ -212,6 +230,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
         };
         let io = Io {
             udp,
+            dtls,
             serial,
             pool,
             recorder: recording.snlog,
@@ -230,6 +249,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     });
     Ok(Running {
         udp: addrs,
+        dtls: dtls_addrs,
         broker,
         stop: Some(stop_tx),
         counters: counters_tx,
@@ -323,6 +343,7 @@ impl Clock {
 /// The transports the loop writes to.
 struct Io {
     udp: UdpTransport,
+    dtls: DtlsTransport,
     serial: SerialTransport,
     pool: UpstreamPool,
     recorder: Option<Recorder>,
@@ -346,6 +367,10 @@ impl Io {
                     link: Link::Udp(addr),
                     ..
                 }) => self.udp.local_for(*addr),
+                Endpoint::Device(PeerAddr {
+                    link: Link::Dtls(addr),
+                    ..
+                }) => self.dtls.local_for(*addr),
                 Endpoint::Broadcast => self.udp.local_addrs().first().copied(),
                 _ => None,
             };
@@ -357,6 +382,29 @@ impl Io {
                 local,
                 payload,
             });
+        }
+    }
+}
+
+/// Hands the frames the DTLS listeners decrypted to the engine (with what each association
+/// proved) and sends what the listeners have to send.
+fn take_dtls_frames(engine: &mut Gateway, io: &mut Io, now: Instant) {
+    io.dtls.flush();
+    while let Some(secured) = io.dtls.poll_frame() {
+        let from = PeerAddr::direct(Link::Dtls(secured.peer));
+        if let Some(recorder) = &io.recorder {
+            recorder.record(RecordEvent {
+                at: now,
+                inbound: true,
+                peer: Endpoint::Device(from),
+                local: io.dtls.local_for(secured.peer),
+                payload: Payload::Bytes(bytes::Bytes::copy_from_slice(&secured.frame)),
+                identity: secured.identity.clone(),
+            });
+        }
+        match &secured.identity {
+            Some(identity) => engine.handle_secured_frame(now, from, identity, &secured.frame),
+            None => engine.handle_frame(now, from, &secured.frame),
         }
     }
 }
@@ -392,16 +440,40 @@ struct Inputs {
 /// Where the auth policy comes from, to build it again on reload.
 struct Auth {
     config: crate::config::AuthConfig,
+    /// The `[[dtls]]` key files (checked like the clients file).
+    dtls_secrets: Vec<std::path::PathBuf>,
     seed: HashSeed,
 }
 
 impl Auth {
-    /// Reads the files and builds the policy; checks the secret files' permissions first.
-    fn load(&self) -> Result<crate::engine::auth::AuthPolicy, String> {
-        crate::secrets::check(self.config.secret_files(), self.config.strict)?;
+    /// Reads the files and builds the policy, `psk_identities` (of the DTLS listeners) bound
+    /// to their ClientIds; checks the secret files' permissions first.
+    fn load(
+        &self,
+        psk_identities: Vec<std::sync::Arc<str>>,
+    ) -> Result<crate::engine::auth::AuthPolicy, String> {
+        let files = self
+            .config
+            .secret_files()
+            .into_iter()
+            .chain(self.dtls_secrets.iter().map(std::path::PathBuf::as_path));
+        crate::secrets::check(files, self.config.strict)?;
         self.config
-            .load_policy(self.seed, Vec::new())
+            .load_policy(self.seed, psk_identities)
             .map_err(|e| e.to_string())
+    }
+
+    /// SIGHUP: the new auth and PSK files, or none of them.
+    fn reload(
+        &self,
+        engine: &mut Gateway,
+        dtls: &mut DtlsTransport,
+        now: Instant,
+    ) -> Result<(), String> {
+        let policy = self.load(dtls.read_psk_identities()?)?;
+        dtls.reload_psk()?;
+        engine.set_auth(now, policy);
+        Ok(())
     }
 }
 
@@ -436,6 +508,8 @@ async fn event_loop(
         let deadline = engine.poll_timeout();
         let sleep_until = clock.deadline(deadline.unwrap_or(Instant::from_millis(u64::MAX / 4)));
         let commit_at = clock.deadline(held_until.unwrap_or(Instant::from_millis(u64::MAX / 4)));
+        let dtls_deadline = io.dtls.poll_timeout();
+        let dtls_at = dtls_deadline.map_or(sleep_until, tokio::time::Instant::from_std);
         tokio::select! {
             _ = &mut stop => break,
             _ = tokio::time::sleep_until(commit_at), if held_until.is_some() => {
@@ -515,8 +589,15 @@ async fn event_loop(
                 continue;
             }
             Some(reply) = reload.recv() => {
-                let result = auth.load().map(|policy| engine.set_auth(clock.now(), policy));
-                let _ = reply.send(result);
+                let _ = reply.send(auth.reload(&mut engine, &mut io.dtls, clock.now()));
+            }
+            () = io.dtls.readable() => {
+                io.dtls.recv(std::time::Instant::now());
+                take_dtls_frames(&mut engine, &mut io, clock.now());
+            }
+            _ = tokio::time::sleep_until(dtls_at), if dtls_deadline.is_some() => {
+                io.dtls.handle_timeout(std::time::Instant::now());
+                take_dtls_frames(&mut engine, &mut io, clock.now());
             }
             _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
                 engine.handle_timeout(clock.now());
@@ -687,9 +768,7 @@ async fn send_transmit(io: &mut Io, transmit: crate::engine::Transmit, now: Inst
         Destination::Peer(peer) => match peer.link {
             Link::Udp(addr) => io.udp.send_to(addr, &transmit.bytes).await,
             Link::Serial { port, radio } => io.serial.send(port, radio, &transmit.bytes),
-            // No `[[dtls]]` listener in this build step: nothing arrives over DTLS, so the
-            // engine has no such device to answer.
-            Link::Dtls(_) => {}
+            Link::Dtls(addr) => io.dtls.send(addr, &transmit.bytes),
         },
         // ADVERTISE goes everywhere; GWINFO where the SEARCHGW came from.
         Destination::Broadcast { near: None } => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::error::line_and_column;
+use super::error::Origin;
 use super::ConfigError;
 use crate::engine::acl::Acl;
 use crate::engine::auth::{AuthPolicy, DeviceEntry, Network};
@@ -158,24 +158,7 @@ enum OneOrMany {
     Many(Vec<String>),
 }
 
-/// Where errors point: the text and its name.
-struct Origin<'a> {
-    text: &'a str,
-    name: &'a str,
-}
-
 impl Origin<'_> {
-    fn invalid(&self, at: usize, key: String, message: impl Into<String>) -> ConfigError {
-        let (line, column) = line_and_column(self.text, at);
-        ConfigError::Invalid {
-            file: self.name.to_owned(),
-            line,
-            column,
-            key,
-            message: message.into(),
-        }
-    }
-
     fn networks(&self, list: &[Spanned<String>], key: &str) -> Result<Vec<Network>, ConfigError> {
         list.iter()
             .map(|n| {

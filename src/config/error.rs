@@ -50,6 +50,26 @@ fn invalid_to_string(file: &str, line: usize, column: usize, key: &str, message:
     out
 }
 
+/// A text being checked and its name, to point errors at a byte offset in it.
+pub(super) struct Origin<'a> {
+    pub text: &'a str,
+    pub name: &'a str,
+}
+
+impl Origin<'_> {
+    /// [`ConfigError::Invalid`] at byte `at`.
+    pub fn invalid(&self, at: usize, key: String, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_and_column(self.text, at);
+        ConfigError::Invalid {
+            file: self.name.to_owned(),
+            line,
+            column,
+            key,
+            message: message.into(),
+        }
+    }
+}
+
 /// The 1-based line and column (in characters) of byte `offset` in `text`.
 pub(super) fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     // Spans from the TOML parser fall on character boundaries; clamp rather than trust that.

@@ -58,6 +58,7 @@ struct RawConfig {
     limits: RawLimits,
     storage: RawStorage,
     auth: super::auth::RawAuth,
+    dtls: Vec<super::dtls::RawDtls>,
 }
 
 #[derive(Deserialize, Default)]
@@ -381,11 +382,17 @@ impl RawConfig {
             None => Config::default().udp,
         };
         let serial = check_serial(&self.serial, cx)?;
-        if let (Some(list), true, true) = (&self.udp, udp.is_empty(), serial.is_empty()) {
+        let dtls = super::dtls::check(self.dtls, cx.text, cx.origin)?;
+        if let (Some(list), true, true, true) = (
+            &self.udp,
+            udp.is_empty(),
+            serial.is_empty(),
+            dtls.is_empty(),
+        ) {
             return Err(cx.invalid(
                 list.span(),
                 "udp",
-                "no transport left: configure at least one [[udp]] or [[serial]]",
+                "no transport left: configure at least one [[udp]], [[dtls]] or [[serial]]",
             ));
         }
         Ok(Config {
@@ -400,6 +407,7 @@ impl RawConfig {
             limits: self.limits.check(cx)?,
             storage: self.storage.check(cx)?,
             auth: self.auth.check(cx.text, cx.origin)?,
+            dtls,
         })
     }
 }

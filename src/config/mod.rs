@@ -12,6 +12,7 @@
 //! The shipped, commented example is `gateway.toml` at the repository root.
 
 mod auth;
+mod dtls;
 mod engine_settings;
 mod error;
 mod file;
@@ -26,6 +27,7 @@ use serde::Deserialize;
 use crate::time::Duration;
 
 pub use auth::{parse_clients_file, AuthConfig};
+pub use dtls::DtlsConfig;
 pub use error::ConfigError;
 pub use mqttsn_core::{Mode, PredefinedTopic};
 pub use value::{parse_duration, UpstreamUrl, UrlError};
@@ -55,6 +57,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[auth]`: device identities and topic rules.
     pub auth: AuthConfig,
+    /// `[[dtls]]`: DTLS listeners.
+    pub dtls: Vec<DtlsConfig>,
 }
 
 /// `[storage]`: the state directory. Without one, sessions live in memory only and a restart
@@ -411,6 +415,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
+            dtls: Vec::new(),
         }
     }
 }

@@ -128,6 +128,20 @@ pub(super) fn to_toml(config: &Config) -> String {
         &config.storage.commit_interval.to_string(),
     );
 
+    for d in &config.dtls {
+        out.table("[[dtls]]");
+        out.string("bind", &d.bind.to_string());
+        out.optional_path("psk_file", d.psk_file.as_deref());
+        out.optional_path("cert_file", d.cert_file.as_deref());
+        out.optional_path("key_file", d.key_file.as_deref());
+        out.optional_path("ca_file", d.ca_file.as_deref());
+        out.raw("require_certificate", d.require_certificate);
+        out.raw("max_associations", d.max_associations);
+        out.raw("max_handshakes", d.max_handshakes);
+        out.string("handshake_timeout", &d.handshake_timeout.to_string());
+        out.string("idle_timeout", &d.idle_timeout.to_string());
+    }
+
     let a = &config.auth;
     out.table("[auth]");
     out.optional_path("clients_file", a.clients_file.as_deref());

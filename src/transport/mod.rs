@@ -3,6 +3,8 @@
 //! device-side tasks stop on the driver's [`shutdown`] signal; the broker connections close
 //! through [`upstream::UpstreamPool::shutdown`], which first writes the engine's DISCONNECTs.
 
+pub mod dtls;
+pub mod dtls_io;
 pub mod serial;
 pub mod shutdown;
 pub mod udp;

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mqttsn_gateway::config::{
-    AuthConfig, Config, ConfigError, DropPolicy, Framing, GatewayConfig, LimitsConfig, Mode,
-    MulticastInterface, Parity, PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig,
+    AuthConfig, Config, ConfigError, DropPolicy, DtlsConfig, Framing, GatewayConfig, LimitsConfig,
+    Mode, MulticastInterface, Parity, PredefinedTopic, SerialConfig, SessionsConfig, SleepConfig,
     StorageConfig, TimersConfig, UdpConfig, UpstreamConfig, UpstreamUrl,
 };
 use mqttsn_gateway::engine::auth::DeviceEntry;
@@ -165,6 +165,18 @@ expiry = "2h"
 [storage]
 dir = "state"
 commit_interval = "25ms"
+
+[[dtls]]
+bind = "127.0.0.1:1885"
+psk_file = "psk"
+cert_file = "gw.pem"
+key_file = "gw.key"
+ca_file = "ca.pem"
+require_certificate = true
+max_associations = 50
+max_handshakes = 5
+handshake_timeout = "5s"
+idle_timeout = "10m"
 
 [auth]
 clients_file = "clients.toml"
@@ -325,6 +337,18 @@ fn full_config() -> Config {
             ]),
             strict: true,
         },
+        dtls: vec![DtlsConfig {
+            bind: "127.0.0.1:1885".parse().unwrap(),
+            psk_file: Some("psk".into()),
+            cert_file: Some("gw.pem".into()),
+            key_file: Some("gw.key".into()),
+            ca_file: Some("ca.pem".into()),
+            require_certificate: true,
+            max_associations: 50,
+            max_handshakes: 5,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+        }],
     }
 }
 
@@ -760,7 +784,13 @@ fn every_rule_has_an_error_naming_key_and_line() {
             4,
             "expected an interface name",
         ),
-        ("udp = []", "udp", 1, "no transport left: configure at least one [[udp]] or [[serial]]"),
+        ("udp = []", "udp", 1, "no transport left: configure at least one [[udp]], [[dtls]] or [[serial]]"),
+        ("[[dtls]]\nbind = \"127.0.0.1:1885\"", "dtls[0].psk_file", 2, "a DTLS listener needs psk_file, or cert_file and key_file"),
+        ("[[dtls]]\nbind = \"127.0.0.1:1885\"\ncert_file = \"c\"", "dtls[0].key_file", 2, "cert_file and key_file go together"),
+        ("[[dtls]]\nbind = \"127.0.0.1:1885\"\npsk_file = \"p\"\nrequire_certificate = true", "dtls[0].require_certificate", 4, "needs ca_file"),
+        ("[[dtls]]\nbind = \"nowhere\"\npsk_file = \"p\"", "dtls[0].bind", 2, "invalid socket address"),
+        ("[[dtls]]\nbind = \"127.0.0.1:1885\"\npsk_file = \"p\"\nidle_timeout = \"soon\"", "dtls[0].idle_timeout", 4, "invalid duration"),
+        ("[auth]\nqos_minus1_from = [\"10.0.0.0/99\"]", "auth.qos_minus1_from", 2, "the prefix length must be 0 to 32"),
         ("[udp]\nbind = \"0.0.0.0:1884\"", "udp", 1, "write [[udp]], not [udp]"),
         // [[serial]]
         ("[[serial]]\nbaud = 9600", "serial[0]", 1, "missing required key \"port\""),

@@ -5,6 +5,7 @@ mod cli;
 mod codec_props;
 mod codec_vectors;
 mod config;
+mod dtls;
 mod e2e;
 mod engine;
 mod fixture_frames;

@@ -1,0 +1,302 @@
+//! One peer's DTLS state: a dimpl server instance and what the listener knows about it
+//! (phase, identity, deadlines), plus the dimpl configurations that all associations of a
+//! listener share and the PSK resolver that tells the listener which identity a client used.
+//!
+//! Why the extra round trip. The listener answers a first ClientHello with its own stateless
+//! HelloVerifyRequest, so nothing is kept for a client that has not shown it receives at its
+//! address. dimpl cannot take over after that: a dimpl server expects the handshake to start at
+//! message_seq 0 and checks cookies against a secret of its own, per instance, that cannot be
+//! set; and the client's second ClientHello (message_seq 1, our cookie) must reach dimpl
+//! byte for byte, because it is part of the Finished transcript. So a new association's
+//! dimpl server is first given synthetic cookie-less ClientHellos at message_seq 0..n-1, whose
+//! HelloVerifyRequests are thrown away; the real ClientHello then arrives at the message_seq
+//! dimpl expects, dimpl finds our cookie is not its own and answers with a second
+//! HelloVerifyRequest (message_seq n), and the client's third ClientHello, with dimpl's cookie,
+//! starts the handshake proper. RFC 6347 allows repeated cookie exchanges and OpenSSL and
+//! mbedTLS clients follow them; dimpl's own client does not (it accepts one
+//! HelloVerifyRequest only), so dimpl clients cannot connect to this listener.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dimpl::crypto::Dtls12CipherSuite;
+use dimpl::{Config, Dtls, Output, PskResolver};
+
+use super::hello::{self, AuthMode};
+use super::psk::PskTable;
+use super::{DtlsSettings, Identity};
+
+/// The most dimpl queues of incoming datagrams per association (its default). Also sizes the
+/// poll buffer: a client certificate cannot be larger than what fits in the queue.
+pub(crate) const MAX_QUEUE_RX: usize = 30;
+/// Datagrams larger than this are dropped unread. Far above any path MTU a sensor uses.
+pub(crate) const MAX_DATAGRAM: usize = 4096;
+/// dimpl copies a peer certificate into the poll buffer and asserts that it fits (it does not
+/// ask for a bigger buffer as it does for other outputs), so the buffer must hold the largest
+/// certificate that the receive queue can deliver.
+pub(crate) const POLL_BUFFER: usize = MAX_DATAGRAM * (MAX_QUEUE_RX + 2);
+/// A ClientHello carrying our cookie at a message_seq above this is dropped: a real client
+/// is at 1 (or 2 or 3 after lost HelloVerifyRequests), and each step costs a synthetic hello.
+pub(crate) const MAX_HELLO_SEQ: u16 = 4;
+/// Outputs taken from dimpl per call, a guard against a loop in the engine.
+const MAX_OUTPUTS: usize = 512;
+
+/// The PSK identity dimpl asked the resolver for during the last call into an association.
+#[derive(Debug, Clone)]
+pub(crate) struct Asked {
+    /// The table's name for it, `None` if the table has no such identity.
+    pub name: Option<Arc<str>>,
+    /// A printable, shortened form of what the client sent, for failure reasons.
+    pub shown: String,
+}
+
+type AskedSlot = Arc<Mutex<Option<Asked>>>;
+
+fn lock(slot: &AskedSlot) -> MutexGuard<'_, Option<Asked>> {
+    // Nothing panics while holding it; a poisoned slot still holds a usable value.
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Looks keys up in one PSK table and notes which identity was asked for. dimpl calls it
+/// synchronously inside `handle_packet` of the association being driven, and the listener
+/// drives one association at a time, so the note after a call belongs to that association.
+/// (One dimpl `Config` per handshake would avoid the shared note, but building a `Config`
+/// runs dimpl's provider self-tests, ECDH key exchanges included: milliseconds per handshake.)
+struct TableResolver {
+    table: Arc<PskTable>,
+    asked: AskedSlot,
+}
+
+impl PskResolver for TableResolver {
+    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        let shown: String = String::from_utf8_lossy(identity)
+            .chars()
+            .take(64)
+            .flat_map(char::escape_debug)
+            .collect();
+        *lock(&self.asked) = Some(Asked {
+            name: self.table.identity(identity),
+            shown,
+        });
+        self.table.key(identity).map(<[u8]>::to_vec)
+    }
+}
+
+/// The dimpl configurations shared by a listener's associations.
+pub(crate) struct Engines {
+    pub psk: Arc<Config>,
+    /// The table that `psk` resolves with.
+    pub psk_table: Arc<PskTable>,
+    pub certificate: Option<Arc<Config>>,
+    pub asked: AskedSlot,
+}
+
+fn base(settings: &DtlsSettings) -> dimpl::ConfigBuilder {
+    Config::builder()
+        .with_crypto_provider(dimpl::crypto::rust_crypto::default_provider())
+        .mtu(settings.mtu)
+        .max_queue_rx(MAX_QUEUE_RX)
+        .handshake_timeout(settings.handshake_timeout)
+        // The association's first step is always a (thrown away) HelloVerifyRequest.
+        .use_server_cookie(true)
+        .dtls13_cipher_suites(&[])
+}
+
+impl Engines {
+    pub fn new(settings: &DtlsSettings) -> Result<Engines, dimpl::Error> {
+        let asked = AskedSlot::default();
+        let psk = Engines::psk_config(settings, &settings.psk, &asked)?;
+        let certificate = match settings.certificate {
+            None => None,
+            Some(_) => Some(Arc::new(
+                base(settings)
+                    .dtls12_cipher_suites(&[
+                        Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256,
+                        Dtls12CipherSuite::ECDHE_ECDSA_AES256_GCM_SHA384,
+                        Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256,
+                    ])
+                    // dimpl requests a certificate only when it requires one.
+                    .require_client_certificate(
+                        settings.require_certificate || settings.client_roots.is_some(),
+                    )
+                    .build()?,
+            )),
+        };
+        Ok(Engines {
+            psk,
+            psk_table: settings.psk.clone(),
+            certificate,
+            asked,
+        })
+    }
+
+    fn psk_config(
+        settings: &DtlsSettings,
+        table: &Arc<PskTable>,
+        asked: &AskedSlot,
+    ) -> Result<Arc<Config>, dimpl::Error> {
+        let resolver = TableResolver {
+            table: table.clone(),
+            asked: asked.clone(),
+        };
+        Ok(Arc::new(
+            base(settings)
+                .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+                .require_client_certificate(false)
+                .with_psk_server(None, Arc::new(resolver))
+                .build()?,
+        ))
+    }
+
+    /// New handshakes use `table` from now on.
+    pub fn set_psk(
+        &mut self,
+        settings: &DtlsSettings,
+        table: &Arc<PskTable>,
+    ) -> Result<(), dimpl::Error> {
+        self.psk = Engines::psk_config(settings, table, &self.asked)?;
+        self.psk_table = table.clone();
+        Ok(())
+    }
+
+    pub fn take_asked(&self) -> Option<Asked> {
+        lock(&self.asked).take()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Phase {
+    Handshaking,
+    Established(Arc<Identity>),
+}
+
+/// One peer.
+pub(crate) struct Association {
+    /// Unique per listener: tells a timer entry for this association from a stale one for an
+    /// earlier association of the same address.
+    pub id: u64,
+    pub dtls: Dtls,
+    pub mode: AuthMode,
+    /// From the ClientHello that created the association: a ClientHello with another random
+    /// is a new handshake, not a retransmission.
+    pub client_random: [u8; 32],
+    pub phase: Phase,
+    /// The PSK table this association's handshake resolved keys with.
+    pub psk_table: Arc<PskTable>,
+    pub asked: Option<Asked>,
+    /// Names from a validated client certificate.
+    pub peer_names: Option<Vec<Arc<str>>>,
+    pub handshake_deadline: Option<Instant>,
+    /// The last authenticated record from the peer (or the handshake's completion).
+    pub last_activity: Instant,
+    pub dimpl_deadline: Option<Instant>,
+    /// Where this association sits in the timer table.
+    pub scheduled: Option<Instant>,
+}
+
+/// What one drain of dimpl's outputs produced.
+#[derive(Debug, Default)]
+pub(crate) struct Drained {
+    pub packets: Vec<Vec<u8>>,
+    pub frames: Vec<Vec<u8>>,
+    pub connected: bool,
+    pub close_notify: bool,
+    pub peer_cert: Option<Vec<u8>>,
+}
+
+impl Association {
+    /// A new association for a ClientHello with a valid cookie, its dimpl server brought to
+    /// the ClientHello's message_seq (see the module documentation).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        now: Instant,
+        mode: AuthMode,
+        hello: &hello::ClientHello<'_>,
+        engines: &Engines,
+        settings: &DtlsSettings,
+        buf: &mut Vec<u8>,
+    ) -> Result<Association, String> {
+        let dtls = match (mode, &engines.certificate, &settings.certificate) {
+            (AuthMode::Certificate, Some(config), Some(certificate)) => {
+                Dtls::new_12(config.clone(), certificate.to_dimpl(), now)
+            }
+            (AuthMode::Certificate, _, _) => return Err("no server certificate".to_owned()),
+            (AuthMode::Psk, _, _) => Dtls::new_12_psk(engines.psk.clone(), now),
+        };
+        let mut client_random = [0u8; 32];
+        client_random.copy_from_slice(hello.random);
+        let mut association = Association {
+            id,
+            dtls,
+            mode,
+            client_random,
+            phase: Phase::Handshaking,
+            psk_table: engines.psk_table.clone(),
+            asked: None,
+            peer_names: None,
+            handshake_deadline: now.checked_add(settings.handshake_timeout),
+            last_activity: now,
+            dimpl_deadline: None,
+            scheduled: None,
+        };
+        // dimpl sets its server random on the first handle_timeout; it must come first.
+        association
+            .dtls
+            .handle_timeout(now)
+            .map_err(|e| e.to_string())?;
+        for seq in 0..hello.message_seq {
+            association
+                .dtls
+                .handle_packet(&hello::synthetic_client_hello(seq))
+                .map_err(|e| e.to_string())?;
+            // The HelloVerifyRequest to a ClientHello the client never sent.
+            let _discarded = association.drain(buf);
+        }
+        Ok(association)
+    }
+
+    /// Takes every output dimpl has, up to its `Timeout`.
+    pub fn drain(&mut self, buf: &mut Vec<u8>) -> Drained {
+        let mut drained = Drained::default();
+        for _ in 0..MAX_OUTPUTS {
+            match self.dtls.poll_output(buf) {
+                Output::Packet(packet) => drained.packets.push(packet.to_vec()),
+                Output::BufferTooSmall { needed } => {
+                    if needed > POLL_BUFFER * 4 {
+                        break;
+                    }
+                    buf.resize(needed, 0);
+                }
+                Output::Timeout(at) => {
+                    self.dimpl_deadline = Some(at);
+                    break;
+                }
+                Output::Connected => drained.connected = true,
+                Output::PeerCert(der) => drained.peer_cert = Some(der.to_vec()),
+                Output::ApplicationData(data) => drained.frames.push(data.to_vec()),
+                Output::CloseNotify => drained.close_notify = true,
+                // SRTP keying material, and whatever later dimpl versions add.
+                _ => {}
+            }
+        }
+        drained
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(self.phase, Phase::Established(_))
+    }
+
+    /// When the listener must next look at this association.
+    pub fn next_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+        let own = match self.phase {
+            Phase::Handshaking => self.handshake_deadline,
+            Phase::Established(_) => self.last_activity.checked_add(idle_timeout),
+        };
+        match (own, self.dimpl_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
