@@ -16,10 +16,10 @@
 //! mbedTLS clients follow them; dimpl's own client does not (it accepts one
 //! HelloVerifyRequest only), so dimpl clients cannot connect to this listener.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use dimpl::crypto::Dtls12CipherSuite;
+use dimpl::crypto::{CryptoProvider, Dtls12CipherSuite, SupportedDtls12CipherSuite};
 use dimpl::{Config, Dtls, Output, PskResolver};
 
 use super::hello::{self, AuthMode};
@@ -48,24 +48,34 @@ pub(crate) struct Asked {
     pub name: Option<Arc<str>>,
     /// A printable, shortened form of what the client sent, for failure reasons.
     pub shown: String,
+    /// The table the key came from.
+    pub table: Arc<PskTable>,
 }
 
-type AskedSlot = Arc<Mutex<Option<Asked>>>;
+/// What the resolver shares with its listener: the table in force (swapped on reload, so
+/// that even handshakes in flight use the new one from their next key lookup on) and a note
+/// of the last identity asked for.
+struct ResolverState {
+    table: Arc<PskTable>,
+    asked: Option<Asked>,
+}
 
-fn lock(slot: &AskedSlot) -> MutexGuard<'_, Option<Asked>> {
-    // Nothing panics while holding it; a poisoned slot still holds a usable value.
-    slot.lock()
+type Shared = Arc<Mutex<ResolverState>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, ResolverState> {
+    // Nothing panics while holding it; a poisoned lock still holds a usable value.
+    shared
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Looks keys up in one PSK table and notes which identity was asked for. dimpl calls it
+/// Looks keys up in the PSK table and notes which identity was asked for. dimpl calls it
 /// synchronously inside `handle_packet` of the association being driven, and the listener
 /// drives one association at a time, so the note after a call belongs to that association.
-/// (One dimpl `Config` per handshake would avoid the shared note, but building a `Config`
-/// runs dimpl's provider self-tests, ECDH key exchanges included: milliseconds per handshake.)
+/// (A dimpl `Config` per handshake would avoid the shared note, but building a `Config`
+/// runs dimpl's provider self-tests: about 4 ms with the full RustCrypto provider.)
 struct TableResolver {
-    table: Arc<PskTable>,
-    asked: AskedSlot,
+    shared: Shared,
 }
 
 impl PskResolver for TableResolver {
@@ -75,26 +85,53 @@ impl PskResolver for TableResolver {
             .take(64)
             .flat_map(char::escape_debug)
             .collect();
-        *lock(&self.asked) = Some(Asked {
-            name: self.table.identity(identity),
+        let mut state = lock(&self.shared);
+        let table = state.table.clone();
+        state.asked = Some(Asked {
+            name: table.identity(identity),
             shown,
+            table: table.clone(),
         });
-        self.table.key(identity).map(<[u8]>::to_vec)
+        table.key(identity).map(<[u8]>::to_vec)
     }
+}
+
+/// dimpl's RustCrypto provider cut down to what one mode negotiates. dimpl runs self-tests
+/// over every suite and key exchange group of a provider when a `Config` is built; without
+/// the unused ones (for PSK: all of ECDHE) a listener is built in microseconds, not ms.
+fn provider(mode: AuthMode) -> CryptoProvider {
+    static PSK_SUITES: OnceLock<Vec<&'static dyn SupportedDtls12CipherSuite>> = OnceLock::new();
+    static ECDHE_SUITES: OnceLock<Vec<&'static dyn SupportedDtls12CipherSuite>> = OnceLock::new();
+    let mut provider = dimpl::crypto::rust_crypto::default_provider();
+    let all = provider.cipher_suites;
+    let pick = |psk: bool| -> Vec<&'static dyn SupportedDtls12CipherSuite> {
+        all.iter()
+            .copied()
+            .filter(|suite| suite.suite().is_psk() == psk)
+            .collect()
+    };
+    match mode {
+        AuthMode::Psk => {
+            provider.cipher_suites = PSK_SUITES.get_or_init(|| pick(true));
+            provider.kx_groups = &[];
+        }
+        AuthMode::Certificate => {
+            provider.cipher_suites = ECDHE_SUITES.get_or_init(|| pick(false));
+        }
+    }
+    provider
 }
 
 /// The dimpl configurations shared by a listener's associations.
 pub(crate) struct Engines {
     pub psk: Arc<Config>,
-    /// The table that `psk` resolves with.
-    pub psk_table: Arc<PskTable>,
     pub certificate: Option<Arc<Config>>,
-    pub asked: AskedSlot,
+    shared: Shared,
 }
 
-fn base(settings: &DtlsSettings) -> dimpl::ConfigBuilder {
+fn base(settings: &DtlsSettings, mode: AuthMode) -> dimpl::ConfigBuilder {
     Config::builder()
-        .with_crypto_provider(dimpl::crypto::rust_crypto::default_provider())
+        .with_crypto_provider(provider(mode))
         .mtu(settings.mtu)
         .max_queue_rx(MAX_QUEUE_RX)
         .handshake_timeout(settings.handshake_timeout)
@@ -105,12 +142,24 @@ fn base(settings: &DtlsSettings) -> dimpl::ConfigBuilder {
 
 impl Engines {
     pub fn new(settings: &DtlsSettings) -> Result<Engines, dimpl::Error> {
-        let asked = AskedSlot::default();
-        let psk = Engines::psk_config(settings, &settings.psk, &asked)?;
+        let shared = Arc::new(Mutex::new(ResolverState {
+            table: settings.psk.clone(),
+            asked: None,
+        }));
+        let resolver = TableResolver {
+            shared: shared.clone(),
+        };
+        let psk = Arc::new(
+            base(settings, AuthMode::Psk)
+                .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+                .require_client_certificate(false)
+                .with_psk_server(None, Arc::new(resolver))
+                .build()?,
+        );
         let certificate = match settings.certificate {
             None => None,
             Some(_) => Some(Arc::new(
-                base(settings)
+                base(settings, AuthMode::Certificate)
                     .dtls12_cipher_suites(&[
                         Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256,
                         Dtls12CipherSuite::ECDHE_ECDSA_AES256_GCM_SHA384,
@@ -125,43 +174,18 @@ impl Engines {
         };
         Ok(Engines {
             psk,
-            psk_table: settings.psk.clone(),
             certificate,
-            asked,
+            shared,
         })
     }
 
-    fn psk_config(
-        settings: &DtlsSettings,
-        table: &Arc<PskTable>,
-        asked: &AskedSlot,
-    ) -> Result<Arc<Config>, dimpl::Error> {
-        let resolver = TableResolver {
-            table: table.clone(),
-            asked: asked.clone(),
-        };
-        Ok(Arc::new(
-            base(settings)
-                .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
-                .require_client_certificate(false)
-                .with_psk_server(None, Arc::new(resolver))
-                .build()?,
-        ))
-    }
-
-    /// New handshakes use `table` from now on.
-    pub fn set_psk(
-        &mut self,
-        settings: &DtlsSettings,
-        table: &Arc<PskTable>,
-    ) -> Result<(), dimpl::Error> {
-        self.psk = Engines::psk_config(settings, table, &self.asked)?;
-        self.psk_table = table.clone();
-        Ok(())
+    /// Key lookups use `table` from now on.
+    pub fn set_psk(&self, table: &Arc<PskTable>) {
+        lock(&self.shared).table = table.clone();
     }
 
     pub fn take_asked(&self) -> Option<Asked> {
-        lock(&self.asked).take()
+        lock(&self.shared).asked.take()
     }
 }
 
@@ -182,8 +206,7 @@ pub(crate) struct Association {
     /// is a new handshake, not a retransmission.
     pub client_random: [u8; 32],
     pub phase: Phase,
-    /// The PSK table this association's handshake resolved keys with.
-    pub psk_table: Arc<PskTable>,
+    /// The identity dimpl asked for, and the table that had (or lacked) its key.
     pub asked: Option<Asked>,
     /// Names from a validated client certificate.
     pub peer_names: Option<Vec<Arc<str>>>,
@@ -233,7 +256,6 @@ impl Association {
             mode,
             client_random,
             phase: Phase::Handshaking,
-            psk_table: engines.psk_table.clone(),
             asked: None,
             peer_names: None,
             handshake_deadline: now.checked_add(settings.handshake_timeout),

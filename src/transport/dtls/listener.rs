@@ -198,18 +198,14 @@ impl DtlsListener {
     /// Replaces the PSK table: new handshakes use it; established associations whose
     /// identity it no longer has, or whose key it changed, are closed (each a `Closed` event).
     pub fn set_psk(&mut self, psk: Arc<PskTable>) {
-        if let Err(e) = self.engines.set_psk(&self.settings, &psk) {
-            // The settings were accepted when the listener was built, so this cannot happen;
-            // if it did, the old table stays in use for new handshakes.
-            debug!(error = %e, "dimpl refused the PSK configuration");
-        }
+        self.engines.set_psk(&psk);
         self.settings.psk = psk.clone();
         let mut revoked: Vec<SocketAddr> = self
             .associations
             .iter()
             .filter(|(_, a)| match &a.phase {
-                Phase::Established(identity) => match &**identity {
-                    Identity::Psk(name) => !psk.same_key(&a.psk_table, name),
+                Phase::Established(identity) => match (&**identity, &a.asked) {
+                    (Identity::Psk(name), Some(asked)) => !psk.same_key(&asked.table, name),
                     _ => false,
                 },
                 Phase::Handshaking => false,
@@ -492,12 +488,10 @@ impl DtlsListener {
         }
         let identity = match association.mode {
             AuthMode::Psk => {
-                let name = association.asked.as_ref().and_then(|a| a.name.clone());
-                match name {
-                    // The table may have been reloaded during the handshake.
-                    Some(name) if current.same_key(&association.psk_table, &name) => {
-                        Identity::Psk(name)
-                    }
+                let asked = association.asked.as_ref();
+                match asked.and_then(|a| a.name.clone().map(|name| (name, &a.table))) {
+                    // The table may have been reloaded after the key was looked up.
+                    Some((name, table)) if current.same_key(table, &name) => Identity::Psk(name),
                     Some(_) => {
                         return Err(
                             "PSK identity removed or changed during the handshake".to_owned()

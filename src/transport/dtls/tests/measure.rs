@@ -115,5 +115,8 @@ fn listener_construction_cost() {
     for _ in 0..20 {
         let _ = listener(settings());
     }
-    println!("DtlsListener::new: {:.2} ms each", started.elapsed().as_secs_f64() * 1e3 / 20.0);
+    println!(
+        "DtlsListener::new: {:.2} ms each",
+        started.elapsed().as_secs_f64() * 1e3 / 20.0
+    );
 }
