@@ -103,7 +103,9 @@ fuzz_target!(|data: &[u8]| {
         let to = peer(who);
         match op % 7 {
             0 => {
-                let Some(datagram) = program.bytes() else { break };
+                let Some(datagram) = program.bytes() else {
+                    break;
+                };
                 gw.handle_datagram(now, to, datagram);
             }
             1 => {

@@ -4,17 +4,18 @@
 //!
 //! Why the extra round trip. The listener answers a first ClientHello with its own stateless
 //! HelloVerifyRequest, so nothing is kept for a client that has not shown it receives at its
-//! address. dimpl cannot take over after that: a dimpl server expects the handshake to start at
-//! message_seq 0 and checks cookies against a secret of its own, per instance, that cannot be
-//! set; and the client's second ClientHello (message_seq 1, our cookie) must reach dimpl
-//! byte for byte, because it is part of the Finished transcript. So a new association's
+//! address. dimpl cannot simply take over after that. With its cookie check off it starts a
+//! handshake only from a ClientHello at message_seq 0, but the client's second one is at 1;
+//! rewriting that would put the wrong message_seq into the Finished transcript and make dimpl
+//! answer at message_seq 0 where the client expects 1. With its check on, dimpl only accepts
+//! its own cookie, made with a per-instance secret that cannot be set. So a new association's
 //! dimpl server is first given synthetic cookie-less ClientHellos at message_seq 0..n-1, whose
-//! HelloVerifyRequests are thrown away; the real ClientHello then arrives at the message_seq
-//! dimpl expects, dimpl finds our cookie is not its own and answers with a second
-//! HelloVerifyRequest (message_seq n), and the client's third ClientHello, with dimpl's cookie,
-//! starts the handshake proper. RFC 6347 allows repeated cookie exchanges and OpenSSL and
-//! mbedTLS clients follow them; dimpl's own client does not (it accepts one
-//! HelloVerifyRequest only), so dimpl clients cannot connect to this listener.
+//! HelloVerifyRequests are thrown away; the client's real ClientHello then arrives at the
+//! message_seq dimpl expects, dimpl finds our cookie is not its own and answers with a second
+//! HelloVerifyRequest (message_seq n), and the client's next ClientHello, with dimpl's cookie,
+//! starts the handshake proper (the transcript restarts with it on both sides). RFC 6347
+//! allows repeated cookie exchanges and OpenSSL and mbedTLS clients follow them; dimpl's own
+//! client does not (it accepts one HelloVerifyRequest only), so dimpl clients cannot connect.
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -29,12 +30,17 @@ use super::{DtlsSettings, Identity};
 /// The most dimpl queues of incoming datagrams per association (its default). Also sizes the
 /// poll buffer: a client certificate cannot be larger than what fits in the queue.
 pub(crate) const MAX_QUEUE_RX: usize = 30;
-/// Datagrams larger than this are dropped unread. Far above any path MTU a sensor uses.
-pub(crate) const MAX_DATAGRAM: usize = 4096;
-/// dimpl copies a peer certificate into the poll buffer and asserts that it fits (it does not
-/// ask for a bigger buffer as it does for other outputs), so the buffer must hold the largest
-/// certificate that the receive queue can deliver.
-pub(crate) const POLL_BUFFER: usize = MAX_DATAGRAM * (MAX_QUEUE_RX + 2);
+/// The largest plaintext of one record (RFC 6347 §4.1: 2^14 bytes), so the largest frame.
+pub(crate) const MAX_FRAME: usize = 1 << 14;
+/// Datagrams larger than this are dropped unread: one record of the largest frame, with its
+/// header, explicit nonce, tag and room to spare.
+pub(crate) const MAX_DATAGRAM: usize = MAX_FRAME + 2048;
+/// dimpl's output buffer: one record's plaintext, for a PSK-only listener.
+pub(crate) const POLL_BUFFER: usize = MAX_DATAGRAM;
+/// With certificates: dimpl copies a peer certificate into the poll buffer and asserts that it
+/// fits (it does not ask for a bigger buffer as it does for other outputs), so the buffer must
+/// hold the largest certificate the receive queue can deliver.
+pub(crate) const POLL_BUFFER_CERTIFICATES: usize = MAX_DATAGRAM * (MAX_QUEUE_RX + 2);
 /// A ClientHello carrying our cookie at a message_seq above this is dropped: a real client
 /// is at 1 (or 2 or 3 after lost HelloVerifyRequests), and each step costs a synthetic hello.
 pub(crate) const MAX_HELLO_SEQ: u16 = 4;
@@ -286,7 +292,7 @@ impl Association {
             match self.dtls.poll_output(buf) {
                 Output::Packet(packet) => drained.packets.push(packet.to_vec()),
                 Output::BufferTooSmall { needed } => {
-                    if needed > POLL_BUFFER * 4 {
+                    if needed > POLL_BUFFER_CERTIFICATES {
                         break;
                     }
                     buf.resize(needed, 0);

@@ -11,7 +11,8 @@ use rustls::pki_types::UnixTime;
 use tracing::debug;
 
 use super::association::{
-    Association, Drained, Engines, Phase, MAX_DATAGRAM, MAX_HELLO_SEQ, POLL_BUFFER,
+    Association, Drained, Engines, Phase, MAX_DATAGRAM, MAX_FRAME, MAX_HELLO_SEQ, POLL_BUFFER,
+    POLL_BUFFER_CERTIFICATES,
 };
 use super::cookie::CookieJar;
 use super::hello::{self, AuthMode, ClientHello};
@@ -23,10 +24,15 @@ use super::{DtlsCounters, DtlsEvent, DtlsSettings, Identity};
 /// caller that stops draining must not let a flood of ClientHellos grow memory.
 const MAX_QUEUED_TRANSMITS: usize = 16_384;
 
-/// `send` to a peer without an established association.
+/// Why [`DtlsListener::send`] sent nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("no established DTLS association with {0}")]
-pub struct NotConnected(pub SocketAddr);
+pub enum SendError {
+    #[error("no established DTLS association with {0}")]
+    NotConnected(SocketAddr),
+    /// Larger than one record can carry (dimpl would send it anyway, and the peer refuse it).
+    #[error("a {len}-byte frame does not fit in one DTLS record (at most {MAX_FRAME} bytes)")]
+    TooLarge { len: usize },
+}
 
 /// Settings that dimpl refuses (an MTU below 64 bytes, a zero handshake timeout).
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +72,11 @@ impl DtlsListener {
     /// A listener with `cookie_secret` (random, from the driver) as the key of its cookies.
     pub fn new(settings: DtlsSettings, cookie_secret: [u8; 32]) -> Result<Self, SetupError> {
         let engines = Engines::new(&settings).map_err(|e| SetupError(e.to_string()))?;
+        let buffer = if settings.certificate.is_some() {
+            POLL_BUFFER_CERTIFICATES
+        } else {
+            POLL_BUFFER
+        };
         Ok(DtlsListener {
             settings,
             engines,
@@ -77,7 +88,7 @@ impl DtlsListener {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: DtlsCounters::default(),
-            buf: vec![0; POLL_BUFFER],
+            buf: vec![0; buffer],
             wall: None,
         })
     }
@@ -170,18 +181,21 @@ impl DtlsListener {
     }
 
     /// Sends one MQTT-SN frame as one record to an established peer.
-    pub fn send(&mut self, to: SocketAddr, frame: &[u8]) -> Result<(), NotConnected> {
+    pub fn send(&mut self, to: SocketAddr, frame: &[u8]) -> Result<(), SendError> {
         let Some(association) = self.associations.get_mut(&to) else {
-            return Err(NotConnected(to));
+            return Err(SendError::NotConnected(to));
         };
         if !association.is_established() {
-            return Err(NotConnected(to));
+            return Err(SendError::NotConnected(to));
+        }
+        if frame.len() > MAX_FRAME {
+            return Err(SendError::TooLarge { len: frame.len() });
         }
         if let Err(e) = association.dtls.send_application_data(frame) {
             debug!(peer = %to, error = %e, "DTLS send failed");
             self.counters.protocol_errors += 1;
             self.forget(to, Some("DTLS error while sending"));
-            return Err(NotConnected(to));
+            return Err(SendError::NotConnected(to));
         }
         self.counters.frames_sent += 1;
         let drained = association.drain(&mut self.buf);
@@ -305,7 +319,9 @@ impl DtlsListener {
             self.counters.associations_refused_full += 1;
             return;
         }
-        let busy = self.handshaking - usize::from(replaced_handshaking == Some(true));
+        let busy = self
+            .handshaking
+            .saturating_sub(usize::from(replaced_handshaking == Some(true)));
         if busy >= self.settings.max_handshakes {
             self.counters.handshakes_refused_busy += 1;
             return;
@@ -511,7 +527,7 @@ impl DtlsListener {
         let identity = Arc::new(identity);
         association.phase = Phase::Established(identity.clone());
         association.last_activity = now;
-        self.handshaking -= 1;
+        self.handshaking = self.handshaking.saturating_sub(1);
         self.counters.handshakes_completed += 1;
         self.events
             .push_back(DtlsEvent::Established { peer, identity });
@@ -520,19 +536,11 @@ impl DtlsListener {
 
     /// Ends a handshake that had passed the cookie exchange.
     fn fail(&mut self, peer: SocketAddr, reason: String) {
-        if let Some(association) = self.remove(peer) {
+        if self.remove(peer).is_some() {
             debug!(peer = %peer, reason = %reason, "DTLS handshake failed");
             self.counters.handshakes_failed += 1;
-            if association.is_established() {
-                // Only reached through `establish` refusing, before the phase changes.
-                self.events.push_back(DtlsEvent::Closed {
-                    peer,
-                    reason: "handshake refused",
-                });
-            } else {
-                self.events
-                    .push_back(DtlsEvent::HandshakeFailed { peer, reason });
-            }
+            self.events
+                .push_back(DtlsEvent::HandshakeFailed { peer, reason });
         }
     }
 
@@ -573,7 +581,7 @@ impl DtlsListener {
         self.timers
             .reschedule(association.id, peer, association.scheduled, None);
         if !association.is_established() {
-            self.handshaking -= 1;
+            self.handshaking = self.handshaking.saturating_sub(1);
         }
         Some(association)
     }

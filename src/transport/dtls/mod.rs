@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use cert::{CertError, ClientRoots, ServerCertificate};
-pub use listener::{DtlsListener, NotConnected, SetupError};
+pub use listener::{DtlsListener, SendError, SetupError};
 pub use psk::{PskFileError, PskTable};
 
 /// What a `[[dtls]]` listener is configured with.

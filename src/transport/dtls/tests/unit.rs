@@ -336,7 +336,7 @@ fn peer_close_notify_ends_the_association() {
     assert_eq!(gw.associations(), 0);
     assert_eq!(
         gw.send(peer, b"x"),
-        Err(crate::transport::dtls::NotConnected(peer))
+        Err(crate::transport::dtls::SendError::NotConnected(peer))
     );
 }
 
@@ -566,4 +566,44 @@ fn psk_file_format() {
     let error = PskTable::parse("dev1:abcdef0\n").expect_err("odd digits");
     assert!(!error.to_string().contains("abcdef0"), "{error}");
     assert!(error.to_string().contains("line 1"), "{error}");
+}
+
+#[test]
+fn frames_larger_than_the_mtu_go_in_one_record_up_to_the_record_limit() {
+    let now = Instant::now();
+    let mut gw = listener(settings());
+    let peer = addr(17);
+    let mut client = connect(&mut gw, peer, "dev1", &DEV1_KEY, 17, now);
+    let _ = events(&mut gw);
+    // The MTU bounds handshake flights; a frame is one record, IP fragments it if need be.
+    let big = vec![0x5a; 1500];
+    gw.send(peer, &big).expect("established");
+    let (_, record) = gw.poll_transmit().expect("one record");
+    assert!(record.len() > 1500);
+    client.handle(&record);
+    assert_eq!(client.received, vec![big.clone()]);
+    let up = client.send(&big);
+    gw.handle_datagram(now, peer, &up);
+    assert!(matches!(&events(&mut gw)[..], [DtlsEvent::Frame { frame, .. }] if *frame == big));
+    // Beyond 2^14 bytes: refused, and the association is unharmed.
+    let huge = vec![0; (1 << 14) + 1];
+    assert_eq!(
+        gw.send(peer, &huge),
+        Err(crate::transport::dtls::SendError::TooLarge { len: huge.len() })
+    );
+    assert!(gw.poll_transmit().is_none());
+    assert_eq!(gw.identity(peer), Some(psk_identity("dev1")));
+}
+
+#[test]
+fn debug_output_has_no_keys() {
+    let now = Instant::now();
+    let mut gw = listener(settings());
+    connect(&mut gw, addr(18), "dev1", &DEV1_KEY, 18, now);
+    let happened = events(&mut gw);
+    let shown = format!("{:?} {gw:?} {happened:?}", settings());
+    for key in [hex(&DEV1_KEY), hex(&DEV2_KEY)] {
+        assert!(!shown.contains(&key), "{shown}");
+    }
+    assert!(shown.contains("dev1"), "identities are not secret: {shown}");
 }
