@@ -196,6 +196,9 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
     let serial = SerialTransport::start(&config.serial, serial_tx, &shutdown);
     let (events_tx, events_rx) = mpsc::channel(UPSTREAM_QUEUE);
     let pool = UpstreamPool::new(settings, events_tx);
+    for warning in config.security_warnings() {
+        tracing::warn!("{warning}");
+    }
     let seed = random_hash_seed();
     let dtls = DtlsTransport::bind(&config.dtls)?;
     for addr in dtls.local_addrs() {
@@ -208,7 +211,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
         seed,
     };
     let policy = auth
-        .load(dtls.read_psk_identities().map_err(DriverError::Auth)?)
+        .load(dtls.psk_identities())
         .map_err(DriverError::Auth)?;
     if !policy.allows_anonymous() || auth.config.lists_devices() {
         tracing::info!(
@@ -231,6 +234,7 @@ pub async fn start_with(config: Config, recording: Recording) -> Result<Running,
         let io = Io {
             udp,
             dtls,
+            dtls_closing: Vec::new(),
             serial,
             pool,
             recorder: recording.snlog,
@@ -344,6 +348,9 @@ impl Clock {
 struct Io {
     udp: UdpTransport,
     dtls: DtlsTransport,
+    /// DTLS associations to close after this turn's frames have gone out (devices a reload
+    /// disconnected).
+    dtls_closing: Vec<SocketAddr>,
     serial: SerialTransport,
     pool: UpstreamPool,
     recorder: Option<Recorder>,
@@ -361,6 +368,18 @@ struct Io {
 impl Io {
     /// Records an event when recording; costs one branch otherwise.
     fn record(&self, at: Instant, inbound: bool, peer: Endpoint, payload: Payload) {
+        self.record_as(at, inbound, peer, payload, None);
+    }
+
+    /// [`Io::record`] of a frame from a DTLS association, with what it proved.
+    fn record_as(
+        &self,
+        at: Instant,
+        inbound: bool,
+        peer: Endpoint,
+        payload: Payload,
+        identity: Option<&crate::engine::auth::Identity>,
+    ) {
         if let Some(recorder) = &self.recorder {
             let local = match &peer {
                 Endpoint::Device(PeerAddr {
@@ -375,7 +394,7 @@ impl Io {
                 _ => None,
             };
             recorder.record(RecordEvent {
-                identity: None,
+                identity: identity.cloned(),
                 at,
                 inbound,
                 peer,
@@ -392,15 +411,16 @@ fn take_dtls_frames(engine: &mut Gateway, io: &mut Io, now: Instant) {
     io.dtls.flush();
     while let Some(secured) = io.dtls.poll_frame() {
         let from = PeerAddr::direct(Link::Dtls(secured.peer));
-        if let Some(recorder) = &io.recorder {
-            recorder.record(RecordEvent {
-                at: now,
-                inbound: true,
-                peer: Endpoint::Device(from),
-                local: io.dtls.local_for(secured.peer),
-                payload: Payload::Bytes(bytes::Bytes::copy_from_slice(&secured.frame)),
-                identity: secured.identity.clone(),
-            });
+        if io.recorder.is_some() {
+            let bytes = bytes::Bytes::copy_from_slice(&secured.frame);
+            let identity = secured.identity.as_ref();
+            io.record_as(
+                now,
+                true,
+                Endpoint::Device(from),
+                Payload::Bytes(bytes),
+                identity,
+            );
         }
         match &secured.identity {
             Some(identity) => engine.handle_secured_frame(now, from, identity, &secured.frame),
@@ -463,16 +483,17 @@ impl Auth {
             .map_err(|e| e.to_string())
     }
 
-    /// SIGHUP: the new auth and PSK files, or none of them.
-    fn reload(
-        &self,
-        engine: &mut Gateway,
-        dtls: &mut DtlsTransport,
-        now: Instant,
-    ) -> Result<(), String> {
-        let policy = self.load(dtls.read_psk_identities()?)?;
-        dtls.reload_psk()?;
-        engine.set_auth(now, policy);
+    /// SIGHUP: the new auth and PSK files, or none of them. The DTLS associations of the
+    /// devices it disconnects are closed once their DISCONNECT has gone out.
+    fn reload(&self, engine: &mut Gateway, io: &mut Io, now: Instant) -> Result<(), String> {
+        let tables = io.dtls.load_psk()?;
+        let policy = self.load(tables.identities())?;
+        io.dtls.apply_psk(tables);
+        for peer in engine.set_auth(now, policy) {
+            if let Link::Dtls(addr) = peer.link {
+                io.dtls_closing.push(addr);
+            }
+        }
         Ok(())
     }
 }
@@ -589,7 +610,7 @@ async fn event_loop(
                 continue;
             }
             Some(reply) = reload.recv() => {
-                let _ = reply.send(auth.reload(&mut engine, &mut io.dtls, clock.now()));
+                let _ = reply.send(auth.reload(&mut engine, &mut io, clock.now()));
             }
             () = io.dtls.readable() => {
                 io.dtls.recv(std::time::Instant::now());
@@ -613,6 +634,9 @@ async fn event_loop(
                 held_until = None;
                 flush(&mut engine, &mut io, now).await;
             }
+        }
+        for peer in std::mem::take(&mut io.dtls_closing) {
+            io.dtls.close(peer);
         }
     }
     shut_down(engine, io, upstream, &clock).await;

@@ -478,6 +478,9 @@ fn check_config(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
             print!("{}", config.to_toml_string());
+            for warning in config.security_warnings() {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e.to_string(), 2),

@@ -178,6 +178,32 @@ impl Config {
         print::to_toml(self)
     }
 
+    /// What an operator should know before exposing this configuration: each listener off
+    /// loopback that lets devices in without proof (`auth.allow_anonymous`, plain UDP, or a
+    /// certificate listener that checks no certificate), as a sentence naming it.
+    pub fn security_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.auth.allows_anonymous() {
+            return warnings;
+        }
+        let open = "accepts anonymous devices (auth.allow_anonymous): anyone who reaches it may \
+                    connect as any unlisted ClientId and use every topic the ACL allows";
+        for (i, udp) in self.udp.iter().enumerate() {
+            if !udp.bind.ip().is_loopback() {
+                warnings.push(format!("udp[{i}] {} {open}", udp.bind));
+            }
+        }
+        for (i, dtls) in self.dtls.iter().enumerate() {
+            if !dtls.bind.ip().is_loopback() && dtls.cert_file.is_some() && dtls.ca_file.is_none() {
+                warnings.push(format!(
+                    "dtls[{i}] {} checks no client certificate (no ca_file) and {open}",
+                    dtls.bind
+                ));
+            }
+        }
+        warnings
+    }
+
     /// This configuration without its passwords (what [`Config::to_toml_string`] shows).
     pub fn without_secrets(&self) -> Config {
         let mut config = self.clone();

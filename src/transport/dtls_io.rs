@@ -38,6 +38,8 @@ struct Endpoint {
     listener: DtlsListener,
     config: DtlsConfig,
     local: SocketAddr,
+    /// The identities of the PSK table in force.
+    identities: Vec<Arc<str>>,
 }
 
 /// A frame that came out of an association.
@@ -52,6 +54,16 @@ pub struct SecuredFrame {
     pub frame: Vec<u8>,
 }
 
+/// The PSK tables of every listener, read but not yet in force.
+pub struct PskTables(Vec<PskTable>);
+
+impl PskTables {
+    /// Every identity in them.
+    pub fn identities(&self) -> Vec<Arc<str>> {
+        self.0.iter().flat_map(identities).collect()
+    }
+}
+
 /// Every `[[dtls]]` listener.
 pub struct DtlsTransport {
     endpoints: Vec<Endpoint>,
@@ -61,6 +73,8 @@ pub struct DtlsTransport {
     buf: Vec<u8>,
     /// Sends the socket refused (full buffer, unreachable).
     pub send_errors: u64,
+    /// Datagrams longer than any record a device sends, dropped unread.
+    pub too_long: u64,
 }
 
 fn setup_error(bind: SocketAddr, what: impl std::fmt::Display) -> DtlsSetupError {
@@ -77,8 +91,12 @@ fn psk_table(config: &DtlsConfig) -> Result<PskTable, DtlsSetupError> {
     }
 }
 
-fn settings(config: &DtlsConfig) -> Result<DtlsSettings, DtlsSetupError> {
-    let mut settings = DtlsSettings::psk_only(Arc::new(psk_table(config)?));
+fn identities(table: &PskTable) -> Vec<Arc<str>> {
+    table.identities().map(Arc::from).collect()
+}
+
+fn settings(config: &DtlsConfig, psk: PskTable) -> Result<DtlsSettings, DtlsSetupError> {
+    let mut settings = DtlsSettings::psk_only(Arc::new(psk));
     if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
         settings.certificate =
             Some(ServerCertificate::load(cert, key).map_err(|e| setup_error(config.bind, e))?);
@@ -114,7 +132,9 @@ impl DtlsTransport {
     pub fn bind(configs: &[DtlsConfig]) -> Result<DtlsTransport, DtlsSetupError> {
         let mut endpoints = Vec::with_capacity(configs.len());
         for config in configs {
-            let listener = DtlsListener::new(settings(config)?, random_secret())
+            let psk = psk_table(config)?;
+            let identities = identities(&psk);
+            let listener = DtlsListener::new(settings(config, psk)?, random_secret())
                 .map_err(|e| setup_error(config.bind, e))?;
             let std_socket = std::net::UdpSocket::bind(config.bind)
                 .map_err(|e| setup_error(config.bind, format!("bind: {e}")))?;
@@ -131,6 +151,7 @@ impl DtlsTransport {
                 listener,
                 config: config.clone(),
                 local,
+                identities,
             });
         }
         Ok(DtlsTransport {
@@ -138,6 +159,7 @@ impl DtlsTransport {
             peers: HashMap::new(),
             buf: vec![0; MAX_DATAGRAM + 1],
             send_errors: 0,
+            too_long: 0,
         })
     }
 
@@ -152,18 +174,12 @@ impl DtlsTransport {
         self.endpoints.get(*index).map(|e| e.local)
     }
 
-    /// Every PSK identity in the listeners' `psk_file`s as they are on disk now: ClientIds
-    /// only DTLS with that identity may use.
-    ///
-    /// # Errors
-    /// The first file that does not load.
-    pub fn read_psk_identities(&self) -> Result<Vec<Arc<str>>, String> {
-        let mut ids: Vec<Arc<str>> = Vec::new();
-        for endpoint in &self.endpoints {
-            let table = psk_table(&endpoint.config).map_err(|e| e.to_string())?;
-            ids.extend(table.identities().map(Arc::from));
-        }
-        Ok(ids)
+    /// Every PSK identity of every listener: ClientIds only DTLS with that identity may use.
+    pub fn psk_identities(&self) -> Vec<Arc<str>> {
+        self.endpoints
+            .iter()
+            .flat_map(|e| e.identities.iter().cloned())
+            .collect()
     }
 
     /// The key files of every listener (checked for permissions like other secrets).
@@ -171,23 +187,26 @@ impl DtlsTransport {
         secret_files(self.endpoints.iter().map(|e| &e.config))
     }
 
-    /// Reads every `psk_file` again and puts it in force; associations whose identity is gone
-    /// or whose key changed are closed. Returns the new identities.
+    /// Reads every `psk_file` again (for a reload), without putting anything in force.
     ///
     /// # Errors
-    /// The first file that does not load (then nothing changes).
-    pub fn reload_psk(&mut self) -> Result<Vec<Arc<str>>, String> {
+    /// The first file that does not load.
+    pub fn load_psk(&self) -> Result<PskTables, String> {
         let tables = self
             .endpoints
             .iter()
             .map(|e| psk_table(&e.config).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut ids = Vec::new();
-        for (endpoint, table) in self.endpoints.iter_mut().zip(tables) {
-            ids.extend(table.identities().map(Arc::from));
+        Ok(PskTables(tables))
+    }
+
+    /// Puts tables from [`DtlsTransport::load_psk`] in force: associations whose identity is
+    /// gone or whose key changed are closed.
+    pub fn apply_psk(&mut self, tables: PskTables) {
+        for (endpoint, table) in self.endpoints.iter_mut().zip(tables.0) {
+            endpoint.identities = identities(&table);
             endpoint.listener.set_psk(Arc::new(table));
         }
-        Ok(ids)
     }
 
     /// Waits until a listener's socket has a datagram (for ever if there are none).
@@ -213,8 +232,11 @@ impl DtlsTransport {
                         endpoint.listener.handle_datagram(now, from, &self.buf[..n]);
                         taken += 1;
                     }
-                    // Longer than any record a device sends: not read as one.
-                    Ok(_) => taken += 1,
+                    // Longer than any record a device sends: not taken as one.
+                    Ok(_) => {
+                        self.too_long += 1;
+                        taken += 1;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => break,
                 }
@@ -319,20 +341,7 @@ impl DtlsTransport {
     pub fn counters(&self) -> super::dtls::DtlsCounters {
         let mut total = super::dtls::DtlsCounters::default();
         for endpoint in &self.endpoints {
-            let c = endpoint.listener.counters();
-            total.handshakes_started += c.handshakes_started;
-            total.handshakes_completed += c.handshakes_completed;
-            total.handshakes_failed += c.handshakes_failed;
-            total.handshakes_timed_out += c.handshakes_timed_out;
-            total.hello_verify_sent += c.hello_verify_sent;
-            total.cookies_rejected += c.cookies_rejected;
-            total.records_dropped += c.records_dropped;
-            total.associations_refused_full += c.associations_refused_full;
-            total.handshakes_refused_busy += c.handshakes_refused_busy;
-            total.frames_received += c.frames_received;
-            total.frames_sent += c.frames_sent;
-            total.associations += c.associations;
-            total.handshaking += c.handshaking;
+            total += endpoint.listener.counters();
         }
         total
     }

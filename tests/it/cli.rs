@@ -82,6 +82,32 @@ fn check_config_prints_the_effective_config() {
 }
 
 #[test]
+fn check_config_warns_of_listeners_open_to_anonymous_devices() {
+    let dir = std::env::temp_dir().join(format!("mqttsn-cli-anon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let open = dir.join("open.toml");
+    std::fs::write(&open, "[[udp]]\nbind = \"0.0.0.0:1884\"\n").unwrap();
+    let out = gateway(&["check-config", open.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("warning: udp[0] 0.0.0.0:1884 accepts anonymous devices"),
+        "{err}"
+    );
+    // On loopback, or with anonymous devices refused, nothing to warn about.
+    for quiet in [
+        "[[udp]]\nbind = \"127.0.0.1:1884\"\n",
+        "[[udp]]\nbind = \"0.0.0.0:1884\"\n[auth]\nallow_anonymous = false\n",
+    ] {
+        std::fs::write(&open, quiet).unwrap();
+        let out = gateway(&["check-config", open.to_str().unwrap()], None);
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), "", "{quiet}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn check_config_errors_exit_2_with_one_line() {
     let dir = std::env::temp_dir().join(format!("mqttsn-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

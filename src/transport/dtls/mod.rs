@@ -143,3 +143,27 @@ pub struct DtlsCounters {
     /// Gauge: half-open handshakes.
     pub handshaking: u64,
 }
+
+impl std::ops::AddAssign for DtlsCounters {
+    /// Adds another listener's counters (totals over every `[[dtls]]` listener).
+    fn add_assign(&mut self, other: DtlsCounters) {
+        self.handshakes_started += other.handshakes_started;
+        self.handshakes_completed += other.handshakes_completed;
+        self.handshakes_failed += other.handshakes_failed;
+        self.handshakes_timed_out += other.handshakes_timed_out;
+        self.hello_verify_sent += other.hello_verify_sent;
+        self.cookies_rejected += other.cookies_rejected;
+        self.hellos_unacceptable += other.hellos_unacceptable;
+        self.records_dropped += other.records_dropped;
+        self.associations_refused_full += other.associations_refused_full;
+        self.handshakes_refused_busy += other.handshakes_refused_busy;
+        self.idle_closed += other.idle_closed;
+        self.closed_by_peer += other.closed_by_peer;
+        self.psk_revoked += other.psk_revoked;
+        self.protocol_errors += other.protocol_errors;
+        self.frames_received += other.frames_received;
+        self.frames_sent += other.frames_sent;
+        self.associations += other.associations;
+        self.handshaking += other.handshaking;
+    }
+}

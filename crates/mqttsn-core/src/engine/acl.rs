@@ -15,6 +15,8 @@
 //! A ClientId or username holding `+`, `#` or `/` gets no pattern rules naming it: put into a
 //! rule, it would widen it or reach into another device's topics.
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 use super::topic;
@@ -137,67 +139,86 @@ impl Acl {
         Ok(acl)
     }
 
-    /// The rules that apply to a device, patterns filled in.
-    fn rules_for(&self, client_id: &str, username: Option<&str>) -> Vec<Rule> {
+    /// The rules that apply to a device, patterns filled in (only those with a placeholder
+    /// are copied: this runs for every message delivered while an ACL is in force).
+    fn rules_for<'a>(
+        &'a self,
+        client_id: &'a str,
+        username: Option<&'a str>,
+    ) -> impl Iterator<Item = (Access, Cow<'a, str>)> + 'a {
         let own = match username {
             Some(name) => self.users.get(name).map_or(&[][..], Vec::as_slice),
             None => &self.anonymous[..],
         };
-        let patterns = self.patterns.iter().filter_map(|rule| {
-            // A pattern naming the username says nothing about a device without one, and a
-            // name that would change the rule's shape gets none.
-            let unusable = |name: Option<&str>| name.is_none_or(|n| n.contains(['+', '#', '/']));
-            if (rule.filter.contains("%u") && unusable(username))
-                || (rule.filter.contains("%c") && unusable(Some(client_id)))
-            {
+        // A name that would change a rule's shape fills in no pattern.
+        let usable = |name: Option<&str>| name.is_some_and(|n| !n.contains(['+', '#', '/']));
+        let patterns = self.patterns.iter().filter_map(move |rule| {
+            let (c, u) = (rule.filter.contains("%c"), rule.filter.contains("%u"));
+            // A pattern naming the username says nothing about a device without one.
+            if (u && !usable(username)) || (c && !usable(Some(client_id))) {
                 return None;
             }
-            Some(Rule {
-                access: rule.access,
-                filter: rule
-                    .filter
-                    .replace("%c", client_id)
-                    .replace("%u", username.unwrap_or("")),
-            })
+            let filter = if c || u {
+                Cow::Owned(
+                    rule.filter
+                        .replace("%c", client_id)
+                        .replace("%u", username.unwrap_or("")),
+                )
+            } else {
+                Cow::Borrowed(rule.filter.as_str())
+            };
+            Some((rule.access, filter))
         });
-        own.iter().cloned().chain(patterns).collect()
+        own.iter()
+            .map(|r| (r.access, Cow::Borrowed(r.filter.as_str())))
+            .chain(patterns)
+    }
+
+    /// Whether a rule granting `grants` covers the request (`covers`) and no deny rule touches
+    /// it (`touches`).
+    fn decide(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        grants: fn(Access) -> bool,
+        covers: impl Fn(&str) -> bool,
+        touches: impl Fn(&str) -> bool,
+    ) -> bool {
+        let mut allowed = false;
+        for (access, filter) in self.rules_for(client_id, username) {
+            if access == Access::Deny {
+                if touches(&filter) {
+                    return false;
+                }
+            } else if !allowed && grants(access) && covers(&filter) {
+                allowed = true;
+            }
+        }
+        allowed
     }
 
     /// Whether the device may publish to the topic name `topic`.
     pub fn may_publish(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        let rules = self.rules_for(client_id, username);
-        let denied = rules
-            .iter()
-            .any(|r| r.access == Access::Deny && topic::matches(&r.filter, topic));
-        !denied
-            && rules
-                .iter()
-                .any(|r| r.access.writes() && topic::matches(&r.filter, topic))
+        let matches = |rule: &str| topic::matches(rule, topic);
+        self.decide(client_id, username, Access::writes, matches, matches)
     }
 
     /// Whether the device may receive a message published to the topic name `topic`.
     pub fn may_receive(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
-        let rules = self.rules_for(client_id, username);
-        let denied = rules
-            .iter()
-            .any(|r| r.access == Access::Deny && topic::matches(&r.filter, topic));
-        !denied
-            && rules
-                .iter()
-                .any(|r| r.access.reads() && topic::matches(&r.filter, topic))
+        let matches = |rule: &str| topic::matches(rule, topic);
+        self.decide(client_id, username, Access::reads, matches, matches)
     }
 
     /// Whether the device may subscribe to `filter`: a rule must allow all of it, and no deny
     /// rule may cover any topic it would receive.
     pub fn may_subscribe(&self, client_id: &str, username: Option<&str>, filter: &str) -> bool {
-        let rules = self.rules_for(client_id, username);
-        let denied = rules
-            .iter()
-            .any(|r| r.access == Access::Deny && overlaps(&r.filter, filter));
-        !denied
-            && rules
-                .iter()
-                .any(|r| r.access.reads() && within(filter, &r.filter))
+        self.decide(
+            client_id,
+            username,
+            Access::reads,
+            |rule| within(filter, rule),
+            |rule| overlaps(rule, filter),
+        )
     }
 }
 

@@ -237,8 +237,9 @@ impl Gateway {
 
     /// Puts a new [`AuthPolicy`] in force (at start, and on reload). Every session is checked
     /// against it: a connected device that may no longer be who it is gets DISCONNECT and is
-    /// lost (its will is published); a kept session that may not come back goes.
-    pub fn set_auth(&mut self, now: Instant, policy: AuthPolicy) {
+    /// lost (its will is published); a kept session that may not come back goes. Returns
+    /// the addresses of the devices it disconnected (their transports may close too).
+    pub fn set_auth(&mut self, now: Instant, policy: AuthPolicy) -> Vec<PeerAddr> {
         self.now = self.now.max(now);
         self.auth = policy;
         let refused: Vec<ClientKey> = self
@@ -251,6 +252,7 @@ impl Gateway {
             })
             .map(|(key, _)| ClientKey(key))
             .collect();
+        let mut disconnected = Vec::new();
         for key in refused {
             let Some((peer, state)) = self.client(key).map(|c| (c.peer, c.state)) else {
                 continue;
@@ -266,7 +268,9 @@ impl Gateway {
             if self.client(key).is_some() {
                 self.remove_client(key);
             }
+            disconnected.push(peer);
         }
+        disconnected
     }
 
     /// The policy in force.
