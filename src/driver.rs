@@ -18,6 +18,7 @@ use crate::storage::group_commit::{GroupCommit, Outputs};
 use crate::storage::StorageError;
 use crate::time::Instant;
 use crate::transcript::Control;
+use crate::transport::dtls::DtlsCounters;
 use crate::transport::dtls_io::DtlsTransport;
 use crate::transport::serial::port::{SerialInbound, SerialTransport};
 use crate::transport::shutdown::{self, Trigger};
@@ -73,8 +74,9 @@ pub struct Running {
     dtls: Vec<SocketAddr>,
     broker: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    /// Asks the loop for the engine's counters (answered between two inputs).
-    counters: mpsc::Sender<oneshot::Sender<Counters>>,
+    /// Asks the loop for the engine's and the DTLS listeners' counters (answered between two
+    /// inputs).
+    counters: mpsc::Sender<oneshot::Sender<(Counters, DtlsCounters)>>,
     /// Asks the loop to read the auth files again (SIGHUP).
     reload: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
     task: JoinHandle<()>,
@@ -101,6 +103,15 @@ impl Running {
     /// The engine's running totals now (drops and refusals among them). Costs the loop
     /// nothing until asked. `None` once the gateway has stopped.
     pub async fn counters(&self) -> Option<Counters> {
+        self.totals().await.map(|(engine, _)| engine)
+    }
+
+    /// The `[[dtls]]` listeners' totals now (handshakes, cookies, associations, drops).
+    pub async fn dtls_counters(&self) -> Option<DtlsCounters> {
+        self.totals().await.map(|(_, dtls)| dtls)
+    }
+
+    async fn totals(&self) -> Option<(Counters, DtlsCounters)> {
         let (reply, answer) = oneshot::channel();
         self.counters.send(reply).await.ok()?;
         answer.await.ok()
@@ -453,7 +464,7 @@ fn broker_endpoint(engine: &Gateway, conn: ConnId) -> Endpoint {
 struct Inputs {
     serial: mpsc::Receiver<SerialInbound>,
     upstream: mpsc::Receiver<(ConnId, ConnEvent)>,
-    counters: mpsc::Receiver<oneshot::Sender<Counters>>,
+    counters: mpsc::Receiver<oneshot::Sender<(Counters, DtlsCounters)>>,
     reload: mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -606,7 +617,7 @@ async fn event_loop(
                 }
             }
             Some(reply) = counters.recv() => {
-                let _ = reply.send(engine.counters());
+                let _ = reply.send((engine.counters(), io.dtls.counters()));
                 continue;
             }
             Some(reply) = reload.recv() => {

@@ -389,3 +389,193 @@ async fn openssl_certificate_client_is_accepted_as_its_common_name() {
     .unwrap();
     gw.stop().await;
 }
+
+/// A UDP relay between s_client and the gateway, as an attacker on the path would sit: it
+/// forwards both ways, keeps the client's last datagram, and can send anything to the gateway
+/// from the client's apparent address (its own).
+struct Relay {
+    socket: std::net::UdpSocket,
+    gateway: SocketAddr,
+    last_from_client: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Relay {
+    fn start(gateway: SocketAddr) -> Relay {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inner = socket.try_clone().unwrap();
+        let last = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = std::sync::Arc::clone(&last);
+        std::thread::spawn(move || {
+            let mut client = None;
+            let mut buf = [0u8; 65_536];
+            while let Ok((n, from)) = inner.recv_from(&mut buf) {
+                if from == gateway {
+                    if let Some(client) = client {
+                        let _ = inner.send_to(&buf[..n], client);
+                    }
+                } else {
+                    client = Some(from);
+                    *keep.lock().unwrap() = buf[..n].to_vec();
+                    let _ = inner.send_to(&buf[..n], gateway);
+                }
+            }
+        });
+        Relay {
+            socket,
+            gateway,
+            last_from_client: last,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    fn inject(&self, datagram: &[u8]) {
+        self.socket.send_to(datagram, self.gateway).unwrap();
+    }
+}
+
+/// Garbage and a replayed record, sent from the client's own address into its association,
+/// are dropped: the message is published once and the association goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_replayed_records_are_ignored() {
+    if openssl_missing() {
+        return;
+    }
+    let broker = Mosquitto::start();
+    let dir = temp_dir("dtls-replay");
+    let psk = psk_file(&dir);
+    let (gw, addr) = gateway_with(
+        &broker,
+        &format!(
+            "[[dtls]]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
+            psk.display()
+        ),
+    )
+    .await;
+    let mut app = Client::connect(broker.port(), "app").await;
+    app.subscribe("dt", MqttQoS::AtLeastOnce).await;
+    let relay = Relay::start(addr);
+    let through = relay.addr();
+    let client = tokio::task::spawn_blocking(move || {
+        let psk_args = [
+            "-psk_identity",
+            "dev-psk",
+            "-psk",
+            KEY,
+            "-cipher",
+            "PSK-AES128-CCM8",
+        ];
+        let mut client = SClient::start(through, &psk_args);
+        assert_eq!(
+            connect_through(&mut client, "dev-psk"),
+            connack(ReturnCode::Accepted)
+        );
+        let publish = |client: &mut SClient, data: &'static [u8], msg_id| {
+            client.send(Message::Publish(Publish {
+                dup: false,
+                qos: QoS::One,
+                retain: false,
+                topic: TopicRef::Short(*b"dt"),
+                msg_id,
+                data,
+            }));
+            let ack = client.recv_message();
+            assert!(
+                matches!(Message::decode(&ack), Ok(Message::PubAck(_))),
+                "{ack:02X?}"
+            );
+        };
+        publish(&mut client, b"once", 1);
+        let record = relay.last_from_client.lock().unwrap().clone();
+        relay.inject(&record); // the same record again
+        let mut flipped = record.clone();
+        if let Some(last) = flipped.last_mut() {
+            *last ^= 0xFF; // a forged one
+        }
+        relay.inject(&flipped);
+        relay.inject(b"\x17\xfe\xfd garbage"); // garbage
+        relay.inject(&[]);
+        // The association goes on.
+        client.send(Message::PingReq { client_id: None });
+        assert_eq!(client.recv_message(), Message::PingResp.to_vec().unwrap());
+        publish(&mut client, b"after", 2);
+        client
+    })
+    .await
+    .unwrap();
+    // Published once, then the next one: the replay reached nobody.
+    for expected in [&b"once"[..], b"after"] {
+        let seen = app.next().await;
+        assert_eq!(
+            (seen.topic.as_str(), seen.payload.as_slice()),
+            ("dt", expected)
+        );
+    }
+    let dtls = gw.dtls_counters().await.unwrap();
+    assert!(dtls.records_dropped >= 3, "{dtls:?}");
+    assert_eq!(dtls.associations, 1, "{dtls:?}");
+    drop(client);
+    gw.stop().await;
+}
+
+/// A minimal DTLS 1.2 ClientHello offering PSK_AES128_CCM_8, without a cookie.
+fn client_hello(random: u8) -> Vec<u8> {
+    let mut body = vec![0xfe, 0xfd];
+    body.extend_from_slice(&[random; 32]);
+    body.extend_from_slice(&[0, 0]); // no session id, no cookie
+    body.extend_from_slice(&[0, 2, 0xc0, 0xa8]); // TLS_PSK_WITH_AES_128_CCM_8
+    body.extend_from_slice(&[1, 0]); // null compression
+    body.extend_from_slice(&[0, 4, 0x00, 0x17, 0, 0]); // extended_master_secret
+    let len = body.len() as u32;
+    let mut handshake = vec![1];
+    handshake.extend_from_slice(&len.to_be_bytes()[1..]);
+    handshake.extend_from_slice(&[0, 0, 0, 0, 0]); // message_seq 0, offset 0
+    handshake.extend_from_slice(&len.to_be_bytes()[1..]);
+    handshake.extend_from_slice(&body);
+    let mut record = vec![22, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// ClientHellos from 200 addresses, as a spoofed flood would come: each gets one
+/// HelloVerifyRequest no larger than itself, and the gateway keeps no association for any.
+#[tokio::test]
+async fn a_client_hello_flood_gets_cookies_and_leaves_no_state() {
+    let broker = Mosquitto::start();
+    let dir = temp_dir("dtls-flood");
+    let psk = psk_file(&dir);
+    let (gw, addr) = gateway_with(
+        &broker,
+        &format!(
+            "[[dtls]]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
+            psk.display()
+        ),
+    )
+    .await;
+    let mut senders = Vec::new();
+    for i in 0..200u32 {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(&client_hello(i as u8), addr).await.unwrap();
+        senders.push(socket);
+    }
+    for socket in &senders {
+        let mut buf = [0u8; 2048];
+        let (n, _) = tokio::time::timeout(PATIENCE, socket.recv_from(&mut buf))
+            .await
+            .expect("a HelloVerifyRequest in time")
+            .unwrap();
+        assert_eq!(buf[13], 3, "HelloVerifyRequest: {:02X?}", &buf[..n]);
+        assert!(n <= client_hello(0).len(), "no amplification: {n} bytes");
+    }
+    let dtls = gw.dtls_counters().await.unwrap();
+    assert_eq!(dtls.hello_verify_sent, 200, "{dtls:?}");
+    assert_eq!(
+        (dtls.associations, dtls.handshakes_started),
+        (0, 0),
+        "{dtls:?}"
+    );
+    gw.stop().await;
+}
