@@ -1,16 +1,16 @@
 //! Measurements, run by hand in release mode:
 //! `cargo test --release --lib transport::dtls::tests::measure -- --ignored --nocapture --test-threads=1`
-//! The client is `TestClient`, in the same process, on virtual time; the listener's share of
+//! The client is `PskClient`, in the same process, on virtual time; the listener's share of
 //! the time is measured separately from the client's.
 
 use std::time::{Duration, Instant};
 
-use super::client::{State, TestClient};
 use super::*;
+use mqttsn_dtls_client::{PskClient, State};
 
 /// Completes one PSK handshake and returns the time spent inside the listener.
 fn timed_handshake(gw: &mut DtlsListener, peer: SocketAddr, seed: u8, now: Instant) -> Duration {
-    let mut client = TestClient::new("dev1", &DEV1_KEY, seed);
+    let mut client = PskClient::new("dev1", &DEV1_KEY, seed);
     let mut to_listener = vec![client.start()];
     let mut inside = Duration::ZERO;
     while !to_listener.is_empty() {
@@ -92,7 +92,7 @@ fn memory_per_established_association() {
         ..settings()
     });
     for n in 0..N {
-        let mut client = TestClient::new("dev1", &DEV1_KEY, n as u8);
+        let mut client = PskClient::new("dev1", &DEV1_KEY, n as u8);
         let hello = client.start();
         half.handle_datagram(now, addr(n), &hello);
         let (_, reply) = half.poll_transmit().expect("HelloVerifyRequest");

@@ -1,8 +1,7 @@
 //! Tests of the DTLS listener: virtual-time tests against a small PSK client of our own
-//! (`client.rs`), interoperability with `openssl s_client` (`interop.rs`), and `#[ignore]`d
+//! (the `mqttsn-dtls-client` crate), interoperability with `openssl s_client` (`interop.rs`), and `#[ignore]`d
 //! measurements (`measure.rs`).
 
-mod client;
 mod interop;
 mod measure;
 mod unit;
@@ -12,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{DtlsEvent, DtlsListener, DtlsSettings, PskTable};
-use client::TestClient;
+use mqttsn_dtls_client::PskClient;
 
 pub(super) const DEV1_KEY: [u8; 16] = [0x11; 16];
 pub(super) const DEV2_KEY: [u8; 16] = [0x22; 16];
@@ -53,7 +52,7 @@ pub(super) fn addr(n: u32) -> SocketAddr {
 /// more to send; returns the events.
 pub(super) fn exchange(
     listener: &mut DtlsListener,
-    client: &mut TestClient,
+    client: &mut PskClient,
     peer: SocketAddr,
     now: Instant,
     first: Vec<u8>,
@@ -86,10 +85,14 @@ pub(super) fn connect(
     key: &[u8],
     seed: u8,
     now: Instant,
-) -> TestClient {
-    let mut client = TestClient::new(identity, key, seed);
+) -> PskClient {
+    let mut client = PskClient::new(identity, key, seed);
     let hello = client.start();
     let events = exchange(listener, &mut client, peer, now, hello);
-    assert_eq!(client.state, client::State::Connected, "events: {events:?}");
+    assert_eq!(
+        client.state,
+        mqttsn_dtls_client::State::Connected,
+        "events: {events:?}"
+    );
     client
 }

@@ -1,12 +1,12 @@
-//! Virtual-time tests: no sockets, no sleeps; the client is `client::TestClient`.
+//! Virtual-time tests: no sockets, no sleeps; the client is `mqttsn_dtls_client::PskClient`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::client::{State, TestClient};
 use super::*;
 use crate::transport::dtls::hello::{parse_client_hello, synthetic_client_hello};
 use crate::transport::dtls::{DtlsEvent, Identity, PskFileError, PskTable};
+use mqttsn_dtls_client::{PskClient, State};
 
 fn psk_identity(name: &str) -> Arc<Identity> {
     Arc::new(Identity::Psk(Arc::from(name)))
@@ -17,7 +17,7 @@ fn psk_handshake_then_frames_both_ways() {
     let now = Instant::now();
     let mut gw = listener(settings());
     let peer = addr(1);
-    let mut client = TestClient::new("dev1", &DEV1_KEY, 1);
+    let mut client = PskClient::new("dev1", &DEV1_KEY, 1);
     let hello = client.start();
     let events = exchange(&mut gw, &mut client, peer, now, hello);
     assert_eq!(client.state, State::Connected);
@@ -74,7 +74,7 @@ fn failed_reason(events: &[DtlsEvent]) -> Option<&str> {
 fn wrong_key_fails() {
     let now = Instant::now();
     let mut gw = listener(settings());
-    let mut client = TestClient::new("dev1", &DEV2_KEY, 2);
+    let mut client = PskClient::new("dev1", &DEV2_KEY, 2);
     let hello = client.start();
     let events = exchange(&mut gw, &mut client, addr(2), now, hello);
     assert_ne!(client.state, State::Connected);
@@ -93,7 +93,7 @@ fn wrong_key_fails() {
 fn unknown_identity_fails() {
     let now = Instant::now();
     let mut gw = listener(settings());
-    let mut client = TestClient::new("intruder", &DEV1_KEY, 3);
+    let mut client = PskClient::new("intruder", &DEV1_KEY, 3);
     let hello = client.start();
     let events = exchange(&mut gw, &mut client, addr(3), now, hello);
     assert_ne!(client.state, State::Connected);
@@ -153,7 +153,7 @@ fn garbage_and_replayed_records_are_dropped() {
 fn spoofed_hello_flood_creates_no_state() {
     let now = Instant::now();
     let mut gw = listener(settings());
-    let hello = TestClient::new("dev1", &DEV1_KEY, 5).start();
+    let hello = PskClient::new("dev1", &DEV1_KEY, 5).start();
     for n in 0..10_000u32 {
         let peer = addr(n);
         gw.handle_datagram(now, peer, &hello);
@@ -175,7 +175,7 @@ fn spoofed_hello_flood_creates_no_state() {
 fn a_cookie_is_bound_to_the_address_that_received_it() {
     let now = Instant::now();
     let mut gw = listener(settings());
-    let mut client = TestClient::new("dev1", &DEV1_KEY, 6);
+    let mut client = PskClient::new("dev1", &DEV1_KEY, 6);
     let hello = client.start();
     gw.handle_datagram(now, addr(6), &hello);
     let (_, reply) = gw.poll_transmit().expect("a HelloVerifyRequest");
@@ -204,7 +204,7 @@ fn a_cookie_is_bound_to_the_address_that_received_it() {
 /// Three clients through the cookie exchange, none further.
 fn half_open(gw: &mut DtlsListener, clients: u32, now: Instant) {
     for n in 0..clients {
-        let mut client = TestClient::new("dev1", &DEV1_KEY, 10 + n as u8);
+        let mut client = PskClient::new("dev1", &DEV1_KEY, 10 + n as u8);
         let hello = client.start();
         gw.handle_datagram(now, addr(100 + n), &hello);
         let (_, reply) = gw.poll_transmit().expect("HelloVerifyRequest");
@@ -237,7 +237,7 @@ fn max_associations_bounds_established_ones() {
     });
     connect(&mut gw, addr(1), "dev1", &DEV1_KEY, 1, now);
     connect(&mut gw, addr(2), "dev2", &DEV2_KEY, 2, now);
-    let mut third = TestClient::new("dev1", &DEV1_KEY, 3);
+    let mut third = PskClient::new("dev1", &DEV1_KEY, 3);
     let hello = third.start();
     exchange(&mut gw, &mut third, addr(3), now, hello);
     assert_ne!(third.state, State::Connected);
@@ -386,7 +386,7 @@ fn psk_reload_closes_revoked_identities() {
         "close_notify"
     );
     // New handshakes use the new table.
-    let mut old = TestClient::new("dev1", &DEV1_KEY, 3);
+    let mut old = PskClient::new("dev1", &DEV1_KEY, 3);
     let hello = old.start();
     exchange(&mut gw, &mut old, addr(3), now, hello);
     assert_ne!(old.state, State::Connected);
@@ -401,7 +401,7 @@ fn a_restarted_client_replaces_its_association_only_with_a_valid_cookie() {
     connect(&mut gw, peer, "dev1", &DEV1_KEY, 12, now);
     let _ = events(&mut gw);
     // A spoofed hello with another random: a HelloVerifyRequest, the association stays.
-    let mut restarted = TestClient::new("dev1", &DEV1_KEY, 13);
+    let mut restarted = PskClient::new("dev1", &DEV1_KEY, 13);
     let hello = restarted.start();
     gw.handle_datagram(now, peer, &hello);
     assert_eq!(gw.associations(), 1);
@@ -429,7 +429,7 @@ fn a_restarted_client_replaces_its_association_only_with_a_valid_cookie() {
 
 #[test]
 fn clienthello_parsing_is_total() {
-    let hello = TestClient::new("dev1", &DEV1_KEY, 14).start();
+    let hello = PskClient::new("dev1", &DEV1_KEY, 14).start();
     let parsed = parse_client_hello(&hello).expect("a ClientHello");
     assert_eq!(parsed.message_seq, 0);
     assert!(parsed.cookie.is_empty());
@@ -473,7 +473,7 @@ fn settings_dimpl_refuses_are_an_error() {
 }
 
 /// If this fails, dimpl's client learnt to follow a second HelloVerifyRequest: the handshake
-/// tests could then use it instead of `TestClient`.
+/// tests could then use it instead of `PskClient`.
 #[test]
 fn dimpl_client_cannot_follow_a_second_hello_verify_request() {
     use dimpl::crypto::Dtls12CipherSuite;
