@@ -670,6 +670,14 @@ async fn shut_down(
     flush(&mut engine, &mut io, clock.now()).await;
     // Only now, after the last flush: the serial ports still write what it queued for them.
     io.shutdown.fire();
+    if !io.dtls.local_addrs().is_empty() {
+        tracing::info!(
+            totals = ?io.dtls.counters(),
+            send_errors = io.dtls.send_errors,
+            too_long = io.dtls.too_long,
+            "dtls totals"
+        );
+    }
     let Io {
         udp,
         mut serial,

@@ -136,11 +136,15 @@ impl DtlsTransport {
             let identities = identities(&psk);
             let listener = DtlsListener::new(settings(config, psk)?, random_secret())
                 .map_err(|e| setup_error(config.bind, e))?;
-            let std_socket = std::net::UdpSocket::bind(config.bind)
-                .map_err(|e| setup_error(config.bind, format!("bind: {e}")))?;
-            std_socket
-                .set_nonblocking(true)
-                .map_err(|e| setup_error(config.bind, e))?;
+            // The plain listeners' socket setup: large kernel buffers, so that a burst of
+            // handshakes is not dropped while the loop is busy.
+            let std_socket = super::udp::open(&crate::config::UdpConfig {
+                bind: config.bind,
+                broadcast: None,
+                multicast_interface: None,
+                max_frame: MAX_DATAGRAM,
+            })
+            .map_err(|e| setup_error(config.bind, e))?;
             let socket =
                 UdpSocket::from_std(std_socket).map_err(|e| setup_error(config.bind, e))?;
             let local = socket

@@ -121,7 +121,9 @@ fn socket_error(addr: SocketAddr, what: &'static str) -> impl FnOnce(io::Error) 
     move |source| UdpError::Socket { addr, what, source }
 }
 
-fn open(config: &UdpConfig) -> Result<std::net::UdpSocket, UdpError> {
+/// A bound, non-blocking UDP socket for `config`, with large kernel buffers (the DTLS
+/// listeners use it too).
+pub(crate) fn open(config: &UdpConfig) -> Result<std::net::UdpSocket, UdpError> {
     let addr = config.bind;
     let domain = if addr.is_ipv6() {
         Domain::IPV6

@@ -73,6 +73,8 @@ pub struct PskClient {
     server_random: [u8; 32],
     cookie: Vec<u8>,
     message_seq: u16,
+    /// The server's next handshake message_seq (earlier ones are retransmissions).
+    server_seq: u16,
     epoch0_seq: u64,
     epoch1_seq: u64,
     server_epoch: u16,
@@ -101,6 +103,7 @@ impl PskClient {
             server_random: [0; 32],
             cookie: Vec::new(),
             message_seq: 0,
+            server_seq: 0,
             epoch0_seq: 0,
             epoch1_seq: 0,
             server_epoch: 0,
@@ -269,6 +272,14 @@ impl PskClient {
             };
             let body = &whole[12..];
             messages = &messages[12 + len..];
+            // A message already handled is the server retransmitting its flight (ours was
+            // lost, or late): taking a repeated HelloVerifyRequest again would answer it with a
+            // ClientHello the server does not expect. Our own resend timer covers the loss.
+            let seq = u16::from_be_bytes([whole[4], whole[5]]);
+            if seq < self.server_seq {
+                continue;
+            }
+            self.server_seq = seq + 1;
             match (msg_type, self.state) {
                 (3, State::AwaitServerHello) => {
                     // HelloVerifyRequest: version(2) cookie<0..255>

@@ -22,6 +22,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 pub struct Params {
     pub gateway: SocketAddr,
+    /// Over DTLS with this PSK; ClientIds (and PSK identities) are then `dtls-{index}`.
+    pub dtls_psk: Option<std::sync::Arc<[u8]>>,
     pub broker: (String, u16),
     pub devices: u32,
     pub qos1: bool,
@@ -59,10 +61,11 @@ pub async fn run(p: Params) -> Result<(), String> {
     let plan = sn::Plan {
         gateway: p.gateway,
         devices: p.devices,
-        client_prefix: format!("l{run}-"),
+        client_prefix: sn::client_prefix(&run, p.dtls_psk.is_some()),
         payload_len: p.payload,
         concurrency: p.setup_concurrency,
         timing: p.timing,
+        dtls_psk: p.dtls_psk.clone(),
         then: Then::Subscribe {
             prefix: prefix.clone(),
             shared: p.fan_out.then(|| shared_topic.clone()),
@@ -322,7 +325,7 @@ async fn receive(
         let r = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            r = dev.sock.recv(&mut dev.rx) => r,
+            r = dev.recv() => r,
         };
         let Ok(n) = r else {
             tokio::time::sleep(Duration::from_millis(10)).await;

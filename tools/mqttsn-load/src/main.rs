@@ -131,6 +131,32 @@ struct DeviceOpts {
     /// Devices being set up at once (publish, downstream).
     #[arg(long, default_value_t = 256)]
     setup_concurrency: usize,
+    /// publish, downstream: talk DTLS 1.2 (TLS_PSK_WITH_AES_128_CCM_8) with this key, in hex,
+    /// to a `[[dtls]]` listener given as --gateway. ClientIds, which are the PSK identities,
+    /// are then `dtls-0`, `dtls-1`, ...: list them in the listener's psk_file.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    dtls_psk: Option<HexKey>,
+}
+
+/// A key given in hex (a newtype: clap would take a bare `Vec<u8>` as many values).
+#[derive(Clone, Debug)]
+struct HexKey(Vec<u8>);
+
+fn parse_hex(text: &str) -> Result<HexKey, String> {
+    let digits = text.trim();
+    if digits.is_empty() || !digits.len().is_multiple_of(2) {
+        return Err("expected an even number of hex digits".into());
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            digits
+                .get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("{digits:?} is not hex"))
+        })
+        .collect::<Result<Vec<u8>, String>>()
+        .map(HexKey)
 }
 
 impl DeviceOpts {
@@ -325,6 +351,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             check_payload(a.payload)?;
             let p = publish::Params {
                 gateway: a.gateway,
+                dtls_psk: a.device.dtls_psk.clone().map(|k| std::sync::Arc::from(k.0)),
                 broker: parse_broker(&a.broker)?,
                 devices: a.devices.max(1),
                 qos1: a.qos == 1,
@@ -416,6 +443,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             check_payload(a.payload)?;
             let p = downstream::Params {
                 gateway: a.gateway,
+                dtls_psk: a.device.dtls_psk.clone().map(|k| std::sync::Arc::from(k.0)),
                 broker: parse_broker(&a.broker)?,
                 devices: a.devices.max(1),
                 qos1: a.qos == 1,

@@ -23,6 +23,8 @@ use tokio::time::{sleep_until, Instant};
 #[derive(Debug, Clone)]
 pub struct Params {
     pub gateway: SocketAddr,
+    /// Over DTLS with this PSK; ClientIds (and PSK identities) are then `dtls-{index}`.
+    pub dtls_psk: Option<std::sync::Arc<[u8]>>,
     pub broker: (String, u16),
     pub devices: u32,
     pub qos1: bool,
@@ -69,10 +71,11 @@ pub async fn run(p: Params) -> Result<(), String> {
     let plan = sn::Plan {
         gateway: p.gateway,
         devices: p.devices,
-        client_prefix: format!("l{run}-"),
+        client_prefix: sn::client_prefix(&run, p.dtls_psk.is_some()),
         payload_len: p.payload,
         concurrency: p.setup_concurrency,
         timing: p.timing,
+        dtls_psk: p.dtls_psk.clone(),
         then: Then::Register {
             prefix: prefix.clone(),
         },
@@ -386,7 +389,7 @@ impl Qos1Task {
                 }
             }
             let event = tokio::select! {
-                r = dev.sock.recv(&mut dev.rx) => Wake::Frame(r),
+                r = dev.recv() => Wake::Frame(r),
                 _ = sleep_until(wake) => Wake::Timer,
             };
             match event {

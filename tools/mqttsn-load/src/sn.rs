@@ -1,6 +1,8 @@
 //! A simulated MQTT-SN device: its own UDP socket (so its own address at the gateway), the
 //! setup exchanges (CONNECT with congestion retry, REGISTER, SUBSCRIBE, DISCONNECT) with
-//! retransmission, and allocation-free encoding of PUBLISH into a reused buffer.
+//! retransmission, and allocation-free encoding of PUBLISH into a reused buffer. With a PSK
+//! (`--dtls-psk`) the device first shakes hands with a `[[dtls]]` listener and its frames
+//! travel as DTLS records.
 
 use crate::payload::{self, Stamp};
 use crate::stats::{Histogram, Rng};
@@ -16,6 +18,8 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::time::{sleep, timeout_at, Instant};
+
+use mqttsn_dtls_client::{PskClient, State as DtlsState};
 
 /// How devices retry during setup.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +94,21 @@ pub struct Device {
     payload: Vec<u8>,
     /// Receive buffer.
     pub rx: Box<[u8]>,
+    /// Over DTLS: the association.
+    dtls: Option<Box<PskClient>>,
+}
+
+/// Sends `frame` on `sock`, as a DTLS record when there is an association: at once if the
+/// socket has room, else once it has.
+async fn send_on(
+    sock: &UdpSocket,
+    dtls: &mut Option<Box<PskClient>>,
+    frame: &[u8],
+) -> io::Result<()> {
+    match dtls {
+        Some(client) => Device::send_frame(sock, &client.send(frame)).await,
+        None => Device::send_frame(sock, frame).await,
+    }
 }
 
 impl Device {
@@ -116,8 +135,77 @@ impl Device {
             last_msg_id: 0,
             tx: Vec::with_capacity(payload_len + 8),
             payload: vec![0; payload_len],
-            rx: vec![0; (payload_len + 64).max(256)].into_boxed_slice(),
+            // Room for a DTLS record around the largest frame, and for a handshake flight.
+            rx: vec![0; (payload_len + 128).max(2048)].into_boxed_slice(),
+            dtls: None,
         })
+    }
+
+    /// Shakes hands with the gateway's DTLS listener as PSK identity `client_id` (the
+    /// gateway binds the identity to that ClientId), resending the first flight after
+    /// `timing.retry` until `timing.deadline`.
+    pub async fn handshake(&mut self, psk: &[u8], timing: &Timing) -> Result<(), SetupError> {
+        let until = Instant::now() + timing.deadline;
+        let mut client = Box::new(PskClient::new(&self.client_id, psk, self.index as u8));
+        let mut flight = vec![client.start()];
+        loop {
+            if Instant::now() >= until {
+                return Err(SetupError::Timeout("DTLS handshake"));
+            }
+            for datagram in &flight {
+                Self::send_frame(&self.sock, datagram).await?;
+            }
+            let resend_at = (Instant::now() + timing.retry).min(until);
+            while let Ok(got) = timeout_at(resend_at, self.sock.recv(&mut self.rx)).await {
+                let Ok(n) = got else { break };
+                let replies = client.handle(&self.rx[..n]);
+                match client.state {
+                    DtlsState::Connected => {
+                        for datagram in &replies {
+                            Self::send_frame(&self.sock, datagram).await?;
+                        }
+                        self.dtls = Some(client);
+                        return Ok(());
+                    }
+                    DtlsState::Failed => {
+                        return Err(SetupError::Refused(
+                            "DTLS handshake",
+                            ReturnCode::NotSupported,
+                        ))
+                    }
+                    _ if !replies.is_empty() => {
+                        flight = replies;
+                        for datagram in &flight {
+                            Self::send_frame(&self.sock, datagram).await?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The next frame from the gateway into `rx` (decrypted over DTLS): its length.
+    pub async fn recv(&mut self) -> io::Result<usize> {
+        loop {
+            if let Some(client) = self.dtls.as_mut() {
+                if !client.received.is_empty() {
+                    let frame = client.received.remove(0);
+                    let n = frame.len().min(self.rx.len());
+                    self.rx[..n].copy_from_slice(&frame[..n]);
+                    return Ok(n);
+                }
+            }
+            let n = self.sock.recv(&mut self.rx).await?;
+            match self.dtls.as_mut() {
+                None => return Ok(n),
+                Some(client) => {
+                    for reply in client.handle(&self.rx[..n]) {
+                        Self::send_frame(&self.sock, &reply).await?;
+                    }
+                }
+            }
+        }
     }
 
     /// The next MsgId (never 0).
@@ -140,7 +228,7 @@ impl Device {
         self.tx.clear();
         msg.encode(&mut self.tx)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        Self::send_frame(&self.sock, &self.tx).await
+        send_on(&self.sock, &mut self.dtls, &self.tx).await
     }
 
     /// Encodes a PUBLISH to the device's topic id, with `stamp` at the start of the payload, and
@@ -164,7 +252,7 @@ impl Device {
         })
         .encode(&mut self.tx)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        Self::send_frame(&self.sock, &self.tx).await
+        send_on(&self.sock, &mut self.dtls, &self.tx).await
     }
 
     /// Sends `frame` and waits for the answer `accept` recognises, resending after
@@ -182,10 +270,10 @@ impl Device {
             if Instant::now() >= until {
                 return Err(SetupError::Timeout(what));
             }
-            Self::send_frame(&self.sock, frame).await?;
+            send_on(&self.sock, &mut self.dtls, frame).await?;
             let resend_at = (Instant::now() + timing.retry).min(until);
             loop {
-                match timeout_at(resend_at, self.sock.recv(&mut self.rx)).await {
+                match timeout_at(resend_at, self.recv()).await {
                     Err(_) => {
                         crate::stats::Live::add(&counters.resends, 1);
                         break;
@@ -340,6 +428,16 @@ pub enum Then {
     },
 }
 
+/// The ClientId prefix of a run: tagged with the run, or over DTLS the fixed `dtls-` (each
+/// ClientId is a PSK identity, which the gateway's psk_file must list in advance).
+pub fn client_prefix(run: &str, dtls: bool) -> String {
+    if dtls {
+        "dtls-".to_owned()
+    } else {
+        format!("l{run}-")
+    }
+}
+
 /// How many devices and how to set them up.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -357,6 +455,8 @@ pub struct Plan {
     pub timing: Timing,
     /// After CONNECT.
     pub then: Then,
+    /// Over DTLS with this PSK (each device's PSK identity is its ClientId).
+    pub dtls_psk: Option<Arc<[u8]>>,
 }
 
 /// How setup went.
@@ -410,6 +510,9 @@ pub async fn setup(plan: &Plan) -> (Vec<Device>, SetupReport) {
             let _permit = permits.acquire_owned().await.ok();
             let client_id = format!("{}{index}", plan.client_prefix);
             let mut dev = Device::open(index, plan.gateway, client_id, plan.payload_len).await?;
+            if let Some(psk) = &plan.dtls_psk {
+                dev.handshake(psk, &plan.timing).await?;
+            }
             let mut rng = Rng::new(u64::from(index));
             let t0 = Instant::now();
             dev.connect(&plan.timing, &report.counters, &mut rng)

@@ -58,6 +58,7 @@ pub async fn run(p: Params) -> Result<(), String> {
         payload_len: p.payload,
         concurrency: p.setup_concurrency,
         timing: p.timing,
+        dtls_psk: None,
         then: Then::Register {
             prefix: prefix.clone(),
         },
@@ -157,7 +158,7 @@ async fn live_a_life(
         ..Life::default()
     };
     let qos1 = dev.index % 2 == 1;
-    let sleeper = dev.index % 3 == 0;
+    let sleeper = dev.index.is_multiple_of(3);
     let mut rng = Rng::new(u64::from(dev.index) ^ 0x50a4);
     let mut next = start;
     while next < end {
@@ -180,7 +181,7 @@ async fn live_a_life(
         Live::add(&live.sent, 1);
         next += rng.jitter(p.period, 0.2);
         // Every third device sleeps after every other message, and wakes before the next.
-        if sleeper && life.sent % 2 == 0 && Instant::now() + p.sleep < end {
+        if sleeper && life.sent.is_multiple_of(2) && Instant::now() + p.sleep < end {
             if sleep_cycle(&mut dev, p.sleep, &p.timing).await {
                 life.sleeps += 1;
             } else {
@@ -208,7 +209,7 @@ async fn publish_qos1(
             life.resends += 1;
         }
         let until = Instant::now() + timing.retry;
-        while let Ok(Ok(n)) = timeout_until(until, dev.sock.recv(&mut dev.rx)).await {
+        while let Ok(Ok(n)) = timeout_until(until, dev.recv()).await {
             if let Ok(Message::PubAck(a)) = Message::decode(&dev.rx[..n]) {
                 if a.msg_id == msg_id {
                     return Some(a.return_code);
@@ -261,7 +262,7 @@ async fn exchange(
             return false;
         }
         let until = Instant::now() + timing.retry;
-        while let Ok(Ok(n)) = timeout_until(until, dev.sock.recv(&mut dev.rx)).await {
+        while let Ok(Ok(n)) = timeout_until(until, dev.recv()).await {
             if Message::decode(&dev.rx[..n]).is_ok_and(|m| done(&m)) {
                 return true;
             }

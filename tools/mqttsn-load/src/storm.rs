@@ -100,7 +100,7 @@ pub async fn run(p: Params) -> Result<(), String> {
                         let _ = dev.send_msg(Message::PingReq { client_id: None }).await;
                         next_ping = Instant::now() + ping_every;
                     }
-                    _ = dev.sock.recv(&mut dev.rx) => {}
+                    _ = dev.recv() => {}
                 }
             }
             let _permit = bye.acquire().await.ok();
