@@ -222,7 +222,14 @@ fn init_logging(verbose: u8, quiet: u8) {
 /// The configuration with the command line's overrides applied.
 fn effective_config(args: &RunArgs) -> Result<Config, String> {
     let mut config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        Some(path) => {
+            let config = Config::load(path).map_err(|e| e.to_string())?;
+            // A configuration holding a password is a secret file itself.
+            if config.without_secrets() != config {
+                mqttsn_gateway::secrets::check([path.as_path()], config.auth.strict)?;
+            }
+            config
+        }
         None => Config::default(),
     };
     if !args.udp.is_empty() {

@@ -107,6 +107,32 @@ fn check_config_warns_of_listeners_open_to_anonymous_devices() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A configuration file holding a password that others may read: refused with auth.strict.
+#[cfg(unix)]
+#[test]
+fn a_readable_config_with_a_password_is_refused_when_strict() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("mqttsn-cli-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gw.toml");
+    std::fs::write(
+        &file,
+        "[[udp]]\nbind = \"127.0.0.1:0\"\n[upstream]\nusername = \"u\"\npassword = \"hunter2\"\n\
+         [auth]\nstrict = true\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = gateway(&["run", "--config", file.to_str().unwrap()], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("chmod 600") && err.contains("gw.toml"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn check_config_errors_exit_2_with_one_line() {
     let dir = std::env::temp_dir().join(format!("mqttsn-cli-{}", std::process::id()));
