@@ -822,7 +822,7 @@ async fn send_transmit(io: &mut Io, transmit: crate::engine::Transmit, now: Inst
             Link::Udp(addr) => io.udp.broadcast(Some(addr), &transmit.bytes).await,
             Link::Serial { port, .. } => io.serial.broadcast(Some(port), &transmit.bytes),
             // A DTLS association has no broadcast: GWINFO goes to the device itself.
-            Link::Dtls(_) => {}
+            Link::Dtls(addr) => io.dtls.send(addr, &transmit.bytes),
         },
     }
 }

@@ -484,6 +484,20 @@ fn decode_recording(
 fn check_config(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
+            // The files the configuration names are read too, as a start would read them.
+            let mut identities = Vec::new();
+            for dtls in &config.dtls {
+                if let Some(path) = &dtls.psk_file {
+                    match mqttsn_gateway::transport::dtls::PskTable::load(path) {
+                        Ok(table) => identities.extend(table.identities().map(Into::into)),
+                        Err(e) => return fail(&e.to_string(), 2),
+                    }
+                }
+            }
+            let seed = mqttsn_gateway::hash::HashSeed(0, 0);
+            if let Err(e) = config.auth.load_policy(seed, identities) {
+                return fail(&e.to_string(), 2);
+            }
             print!("{}", config.to_toml_string());
             for warning in config.security_warnings() {
                 eprintln!("warning: {warning}");

@@ -59,7 +59,22 @@ impl AuthConfig {
         let mut clients = self.clients.clone();
         if let Some(path) = &self.clients_file {
             let text = read(path)?;
-            clients.extend(parse_clients_file(&text, &path.display().to_string())?);
+            let name = path.display().to_string();
+            for entry in parse_clients_file(&text, &name)? {
+                if clients.iter().any(|c| c.client_id == entry.client_id) {
+                    return Err(ConfigError::Invalid {
+                        file: name,
+                        line: 0,
+                        column: 0,
+                        key: "client_id".into(),
+                        message: format!(
+                            "{:?} is listed both here and in [[auth.client]]",
+                            &*entry.client_id
+                        ),
+                    });
+                }
+                clients.push(entry);
+            }
         }
         let mut rules = String::new();
         if let Some(path) = &self.acl_file {
@@ -262,7 +277,7 @@ pub fn parse_clients_file(text: &str, name: &str) -> Result<Vec<DeviceEntry>, Co
         origin.invalid(
             e.span().map_or(0, |s| s.start),
             String::new(),
-            e.message().to_owned(),
+            without_values(e.message()),
         )
     })?;
     let spans: Vec<usize> = file
@@ -278,6 +293,27 @@ pub fn parse_clients_file(text: &str, name: &str) -> Result<Vec<DeviceEntry>, Co
         .collect::<Result<Vec<_>, _>>()?;
     unique(&origin, &entries, &spans, "client")?;
     Ok(entries)
+}
+
+/// A TOML error message with the offending value left out: in a clients file it may be a
+/// password (`invalid type: integer `12345678``), and errors reach logs.
+fn without_values(message: &str) -> String {
+    if !message.starts_with("invalid") {
+        return message.to_owned();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '`' {
+            quoted = !quoted;
+            if quoted {
+                out.push_str("(value not shown)");
+            }
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl RawAuth {
@@ -364,6 +400,10 @@ psk_identity = "psk-1"
                 "client[0].password: a password needs a username",
             ),
             ("[[client]]\nclientid = \"a\"\n", "unknown field `clientid`"),
+            (
+                "[[client]]\nclient_id = \"a\"\nusername = \"u\"\npassword = 12345678\n",
+                "invalid type: integer (value not shown), expected a string",
+            ),
         ];
         for (text, expected) in cases {
             let e = parse_clients_file(text, "clients.toml")

@@ -263,9 +263,11 @@ impl DtlsTransport {
                         identity,
                         frame,
                     } => {
+                        // The cached conversion, if it is this listener's association (a
+                        // device may talk to two listeners from one address).
                         let identity = match self.peers.get(&peer) {
-                            Some((_, known)) => known.clone(),
-                            None => {
+                            Some((at, known)) if *at == index => known.clone(),
+                            _ => {
                                 let converted = engine_identity(&identity);
                                 self.peers.insert(peer, (index, converted.clone()));
                                 converted
@@ -279,7 +281,9 @@ impl DtlsTransport {
                     }
                     DtlsEvent::Closed { peer, reason } => {
                         tracing::debug!(%peer, reason, "dtls association closed");
-                        self.peers.remove(&peer);
+                        if self.peers.get(&peer).is_some_and(|(at, _)| *at == index) {
+                            self.peers.remove(&peer);
+                        }
                     }
                     DtlsEvent::HandshakeFailed { peer, reason } => {
                         tracing::info!(%peer, %reason, "dtls handshake failed");

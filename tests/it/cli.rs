@@ -134,6 +134,29 @@ fn a_readable_config_with_a_password_is_refused_when_strict() {
 }
 
 #[test]
+fn check_config_reads_the_files_it_names() {
+    let dir = std::env::temp_dir().join(format!("mqttsn-cli-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gw.toml");
+    // A broken clients file is an error, as it would be at start.
+    let clients = dir.join("clients.toml");
+    std::fs::write(&clients, "[[client]]\nclientid = \"x\"\n").unwrap();
+    std::fs::write(
+        &file,
+        format!("[auth]\nclients_file = \"{}\"\n", clients.display()),
+    )
+    .unwrap();
+    let out = gateway(&["check-config", file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("clients.toml:2:1") && err.contains("clientid"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn check_config_errors_exit_2_with_one_line() {
     let dir = std::env::temp_dir().join(format!("mqttsn-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -4,6 +4,7 @@
 //! The conventions of these transcripts are those of [`GatewayHarness`].
 
 mod chaos;
+mod identity;
 mod limits;
 
 use mqttsn_gateway::config::Config;
@@ -25,9 +26,18 @@ pub fn harness_seeded(transcript: &Transcript, seed: HashSeed) -> GatewayHarness
     let config = Config::from_toml_str(&transcript.config_toml(), "@config")
         .unwrap_or_else(|e| panic!("transcript @config: {e}"));
     let mut gateway = Gateway::new(config.engine_settings(seed), &MQTT_V4);
+    // The PSK identities of the transcript's DTLS peers are those of a psk_file.
+    let psk_identities = transcript
+        .peers
+        .iter()
+        .filter_map(|p| match &p.identity {
+            Some(mqttsn_gateway::engine::auth::Identity::Psk(id)) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
     let policy = config
         .auth
-        .load_policy(seed, Vec::new())
+        .load_policy(seed, psk_identities)
         .unwrap_or_else(|e| panic!("transcript @config auth: {e}"));
     gateway.set_auth(mqttsn_gateway::time::Instant::ZERO, policy);
     GatewayHarness::new(transcript, gateway)

@@ -48,11 +48,11 @@ impl Mosquitto {
     }
 
     fn start_full(persistent: bool, auth: Option<String>) -> Mosquitto {
-        let dir = std::env::temp_dir().join(format!(
-            "mqttsn-mosquitto-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        // Unique within the run: two brokers started at once may be handed the same free
+        // port to try, and one's cleanup must not remove the other's directory.
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mqttsn-mosquitto-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         // Started as root, Mosquitto drops to its own user, which must be able to write its
         // persistence file here.

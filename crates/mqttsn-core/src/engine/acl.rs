@@ -12,8 +12,9 @@
 //! only if the filter is no wider than a rule's (`sensors/+` under `sensors/#`, not `#` under
 //! `sensors/#`); a `deny` rule refuses a subscription that overlaps it at all.
 //!
-//! A ClientId or username holding `+`, `#` or `/` gets no pattern rules naming it: put into a
-//! rule, it would widen it or reach into another device's topics.
+//! A ClientId or username that is empty, starts with `$` or holds `+`, `#` or `/` gets no
+//! pattern rules naming it: put into a rule, it would widen it, reach into another device's
+//! topics or into a `$` tree.
 
 use std::borrow::Cow;
 
@@ -150,8 +151,14 @@ impl Acl {
             Some(name) => self.users.get(name).map_or(&[][..], Vec::as_slice),
             None => &self.anonymous[..],
         };
-        // A name that would change a rule's shape fills in no pattern.
-        let usable = |name: Option<&str>| name.is_some_and(|n| !n.contains(['+', '#', '/']));
+        // A name that would change a rule's shape fills in no pattern: wildcards, levels, a
+        // `$` that would turn `%c/#` into a system tree, or nothing at all (a sender without
+        // a session has no ClientId).
+        let usable = |name: Option<&str>| {
+            name.is_some_and(|n| {
+                !n.is_empty() && !n.starts_with('$') && !n.contains(['+', '#', '/'])
+            })
+        };
         let patterns = self.patterns.iter().filter_map(move |rule| {
             let (c, u) = (rule.filter.contains("%c"), rule.filter.contains("%u"));
             // A pattern naming the username says nothing about a device without one.

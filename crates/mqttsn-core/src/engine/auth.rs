@@ -197,6 +197,9 @@ pub struct AuthPolicy {
     clients: HashMap<Arc<str>, DeviceEntry>,
     /// PSK identities of the DTLS listeners: ClientIds only DTLS with that identity may use.
     bound: HashSet<Arc<str>>,
+    /// PSK identities and certificate names listed devices are given (`psk_identity`,
+    /// `cert_cn`): no other ClientId may be proven with them.
+    claimed: HashSet<Arc<str>>,
     allow_anonymous: bool,
     acl: Option<Acl>,
     /// Where QoS -1 publishes may come from over UDP (over serial: when anonymous devices are
@@ -216,6 +219,7 @@ impl AuthPolicy {
         AuthPolicy {
             clients: HashMap::with_hasher(seed),
             bound: HashSet::with_hasher(seed),
+            claimed: HashSet::with_hasher(seed),
             allow_anonymous: true,
             acl: None,
             qos_minus1_from: Network::ANY.to_vec(),
@@ -233,6 +237,10 @@ impl AuthPolicy {
         qos_minus1_from: Vec<Network>,
     ) -> AuthPolicy {
         let mut policy = AuthPolicy::open(seed);
+        for entry in &clients {
+            let named = [&entry.psk_identity, &entry.cert_cn];
+            policy.claimed.extend(named.into_iter().flatten().cloned());
+        }
         policy.clients.extend(
             clients
                 .into_iter()
@@ -271,12 +279,23 @@ impl AuthPolicy {
         peer: &PeerAddr,
         identity: Option<&Identity>,
     ) -> Result<(), Refusal> {
+        // A PSK identity proves something only while a psk_file holds it (a reload that
+        // removes it takes the proof away).
+        if let Some(Identity::Psk(id)) = identity {
+            if !self.bound.contains(id) {
+                return Err(Refusal::WrongProof);
+            }
+        }
         if let Some(entry) = self.clients.get(client_id) {
             let proven = match (identity, peer.link) {
                 (Some(identity), _) => {
-                    let psk = entry.psk_identity.as_deref().unwrap_or(client_id);
-                    let cert = entry.cert_cn.as_deref().unwrap_or(client_id);
-                    identity.is(psk, true) || identity.is(cert, false)
+                    // What the entry names, or, when it names neither, the ClientId for both.
+                    let (psk, cert) = match (&entry.psk_identity, &entry.cert_cn) {
+                        (None, None) => (Some(client_id), Some(client_id)),
+                        (psk, cert) => (psk.as_deref(), cert.as_deref()),
+                    };
+                    psk.is_some_and(|p| identity.is(p, true))
+                        || cert.is_some_and(|c| identity.is(c, false))
                 }
                 (None, Link::Udp(addr)) => entry.networks.iter().any(|n| n.contains(addr.ip())),
                 (None, Link::Serial { radio, .. }) => radio != 0 && entry.radios.contains(&radio),
@@ -289,6 +308,8 @@ impl AuthPolicy {
             };
         }
         match identity {
+            // An identity a listed device is given belongs to that device alone.
+            Some(_) if self.claimed.contains(client_id) => Err(Refusal::WrongProof),
             // Whoever proved an identity may use it as its ClientId, and only that one.
             Some(identity) if identity.is(client_id, true) || identity.is(client_id, false) => {
                 Ok(())
@@ -371,7 +392,11 @@ mod tests {
         AuthPolicy::new(
             HashSeed(1, 2),
             vec![sensor, secure],
-            ["bound-1".into()],
+            [
+                "bound-1".into(),
+                "psk-of-secure-1".into(),
+                "secure-1".into(),
+            ],
             allow_anonymous,
             None,
             vec!["127.0.0.0/8".parse().unwrap()],
@@ -433,6 +458,29 @@ mod tests {
         );
         let cert = Identity::Certificate(vec![Arc::from("sensor-1")].into());
         assert_eq!(p.authenticate("sensor-1", &dtls, Some(&cert)), Ok(()));
+        let cert_named_secure = Identity::Certificate(vec![Arc::from("secure-1")].into());
+        assert!(
+            p.authenticate("secure-1", &dtls, Some(&cert_named_secure))
+                .is_err(),
+            "an entry naming only a psk_identity takes no certificate"
+        );
+        let claimed = Identity::Psk("psk-of-secure-1".into());
+        assert!(
+            p.authenticate("psk-of-secure-1", &dtls, Some(&claimed))
+                .is_err(),
+            "another device's identity is not a ClientId of its own"
+        );
+    }
+
+    #[test]
+    fn a_psk_identity_proves_nothing_once_no_psk_file_holds_it() {
+        let p = policy(false);
+        let dtls = PeerAddr::direct(Link::Dtls("192.0.2.1:2".parse().unwrap()));
+        let gone = Identity::Psk("removed".into());
+        assert_eq!(
+            p.authenticate("removed", &dtls, Some(&gone)),
+            Err(Refusal::WrongProof)
+        );
     }
 
     #[test]

@@ -557,6 +557,14 @@ impl Gateway {
             // The broker holds the will of the device's own connection: dropping it fires it.
             (Mode::Transparent, Some(conn)) => self.close_upstream(conn, false),
             _ => {
+                // Checked again as it fires: a reload may have narrowed the ACL since.
+                let will = will.filter(|w| {
+                    let allowed = self.auth.may_publish(&client_id, &w.topic);
+                    if !allowed {
+                        self.counters.acl_refused += 1;
+                    }
+                    allowed
+                });
                 if let Some(will) = will {
                     self.publish_upstream(
                         ConnId::GATEWAY,

@@ -1,9 +1,10 @@
 //! Frames from devices: connect and will handshake, registration, publishing, subscribing,
 //! pings, sleep and disconnect. Each frame gets a defined reaction in every state.
 
+use super::auth::{Identity, Refusal};
 use super::client::{PendingSub, State, UpFlight, UpStage, Will};
 use super::gateway::Gateway;
-use super::peer::PeerAddr;
+use super::peer::{Link, PeerAddr};
 use super::topic;
 use super::{ClientKey, ConnId, Event};
 use crate::codec::wire::split_header;
@@ -46,7 +47,20 @@ impl Gateway {
         msg: Message<'_>,
         len: usize,
     ) {
-        let key = self.by_peer.get(&peer).copied();
+        // CONNECT and a PINGREQ naming a ClientId decide about the session they name
+        // themselves; any other frame belongs to the session at its address only if it comes
+        // from that session's holder.
+        let named = matches!(
+            msg,
+            Message::Connect(_) | Message::PingReq { client_id: Some(_) }
+        );
+        let key = match self.by_peer.get(&peer).copied() {
+            Some(k) if !named && !self.holds_session(k, peer) => {
+                self.counters.not_authorized += 1;
+                None
+            }
+            other => other,
+        };
         match msg {
             Message::Connect(connect) => return self.on_connect(now, peer, connect, len),
             Message::SearchGw { .. } => {
@@ -245,28 +259,38 @@ impl Gateway {
         if c.client_id.is_empty() || c.client_id.len() > self.settings.client_id_max_len {
             return self.reject_connect(peer, ReturnCode::NotSupported, "client id length");
         }
-        // Before anything changes: a CONNECT that does not prove the ClientId's identity
-        // leaves the session of that ClientId (and any other) as it was.
+        // Before anything changes: a CONNECT that does not prove the ClientId's identity, or
+        // the identity of the session it would take over or push aside, leaves every session
+        // as it was.
         let identity = self.inbound_identity.clone();
-        if let Err(refusal) = self
+        let existing = self.by_client_id.get(c.client_id).copied();
+        let other = self
+            .by_peer
+            .get(&peer)
+            .copied()
+            .filter(|&o| Some(o) != existing);
+        let proof = self
             .auth
             .authenticate(c.client_id, &peer, identity.as_ref())
-        {
+            .and_then(|()| match existing {
+                Some(key) => self.proves_session(key, &peer, identity.as_ref()),
+                None => Ok(()),
+            })
+            .and_then(|()| match other {
+                Some(key) => self.may_supersede(key, &peer, identity.as_ref()),
+                None => Ok(()),
+            });
+        if let Err(refusal) = proof {
             self.counters.not_authorized += 1;
             return self.reject_connect(peer, ReturnCode::NotSupported, refusal.reason());
         }
         if !self.broker_up {
             return self.reject_connect(peer, ReturnCode::Congestion, "broker unreachable");
         }
-        // Another session at this address is superseded by this one.
-        if let Some(&other) = self.by_peer.get(&peer) {
-            if self
-                .client(other)
-                .is_some_and(|o| &*o.client_id != c.client_id)
-            {
-                // The device there restarted as someone else: the old one is gone for good.
-                self.lose_client(other, "another client connected from its address");
-            }
+        // Another session at this address is superseded by this one: the device there
+        // restarted as someone else, the old one is gone for good.
+        if let Some(other) = other {
+            self.lose_client(other, "another client connected from its address");
         }
         let key = match self.by_client_id.get(c.client_id).copied() {
             Some(key) => {
@@ -562,14 +586,20 @@ impl Gateway {
         let Some(topic) = topic else {
             return self.drop_frame(peer, "QoS -1 PUBLISH on an unknown topic".into());
         };
-        let allowed = match key {
+        // A connected client has proven who it is; anything else is connectionless.
+        let connected = key.filter(|&k| self.client(k).is_some_and(|c| c.state.is_connected()));
+        let allowed = match connected {
             Some(key) => self.may_publish(key, &topic),
             None => {
-                self.auth.allows_qos_minus1_from(&peer) && self.auth.may_publish_anonymously(&topic)
+                let ok = self.auth.allows_qos_minus1_from(&peer)
+                    && self.auth.may_publish_anonymously(&topic);
+                if !ok {
+                    self.counters.acl_refused += 1;
+                }
+                ok
             }
         };
         if !allowed {
-            self.counters.acl_refused += 1;
             return self.drop_frame(peer, "not authorized: QoS -1 PUBLISH refused".into());
         }
         let conn = key.map_or(ConnId::GATEWAY, |k| self.conn_of(k));
@@ -885,18 +915,100 @@ impl Gateway {
     fn refuse_move(&mut self, key: ClientKey, peer: PeerAddr) -> Option<&'static str> {
         let client = self.client(key)?;
         if client.peer == peer {
-            return None;
+            // The same address, but over DTLS perhaps another association by now.
+            if self.holds_session(key, peer) {
+                return None;
+            }
+            self.counters.not_authorized += 1;
+            return Some("another DTLS identity at the session's address");
         }
         if self.by_peer.get(&peer).is_some_and(|&other| other != key) {
             return Some("another session is at that address");
         }
-        let identity = self.inbound_identity.as_ref();
-        match self.auth.authenticate(&client.client_id, &peer, identity) {
+        let identity = self.inbound_identity.clone();
+        match self.proves_session(key, &peer, identity.as_ref()) {
             Ok(()) => None,
             Err(refusal) => {
                 self.counters.not_authorized += 1;
                 Some(refusal.reason())
             }
+        }
+    }
+
+    /// Whether a sender at `peer` with `identity` proves the identity of `key`'s session:
+    /// the policy lets it use the ClientId, and, for a device nobody listed, it is the same
+    /// DTLS identity the session was opened with (a session opened over DTLS is never taken
+    /// over from plain UDP, nor by another identity; one restored after a restart, whose
+    /// identity was not kept, only over DTLS).
+    pub(super) fn proves_session(
+        &self,
+        key: ClientKey,
+        peer: &PeerAddr,
+        identity: Option<&Identity>,
+    ) -> Result<(), Refusal> {
+        let Some(client) = self.client(key) else {
+            return Ok(());
+        };
+        self.auth.authenticate(&client.client_id, peer, identity)?;
+        if self.auth.entry(&client.client_id).is_some() {
+            // The operator's entry says which proofs count.
+            return Ok(());
+        }
+        match (&client.identity, identity) {
+            (Some(old), Some(new)) if old == new => Ok(()),
+            (Some(_), _) => Err(Refusal::IdentityMismatch),
+            (None, None) if matches!(client.peer.link, Link::Dtls(_)) => Err(Refusal::WrongProof),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a CONNECT for another ClientId from `peer` may push `key`'s session there
+    /// aside: only an unlisted device's, and only by a sender that proves its identity too.
+    fn may_supersede(
+        &self,
+        key: ClientKey,
+        peer: &PeerAddr,
+        identity: Option<&Identity>,
+    ) -> Result<(), Refusal> {
+        let listed = self
+            .client(key)
+            .is_some_and(|c| self.auth.entry(&c.client_id).is_some());
+        if listed {
+            return Err(Refusal::WrongProof);
+        }
+        self.proves_session(key, peer, identity)
+    }
+
+    /// Whether a frame from `peer` comes from the holder of `key`'s session: over DTLS, the
+    /// association must have proved the session's identity (another association at the same
+    /// address, after the first one ended, is somebody else until it proves it). A session
+    /// restored without its identity takes the first proof that fits.
+    fn holds_session(&mut self, key: ClientKey, peer: PeerAddr) -> bool {
+        if !matches!(peer.link, Link::Dtls(_)) {
+            return true;
+        }
+        let inbound = self.inbound_identity.clone();
+        let Some(client) = self.client(key) else {
+            return false;
+        };
+        match (&client.identity, &inbound) {
+            (Some(held), Some(now)) => held == now,
+            (None, Some(now)) => {
+                let fits = self
+                    .auth
+                    .authenticate(&client.client_id, &peer, Some(now))
+                    .is_ok();
+                if fits {
+                    if let Some(client) = self.client_mut(key) {
+                        client.identity = inbound;
+                    }
+                }
+                fits
+            }
+            // A certificate-mode client without a certificate (no ca_file): as anonymous
+            // as the session it opened.
+            (None, None) => true,
+            (Some(_), None) => false,
         }
     }
 

@@ -8,7 +8,7 @@ use super::auth::{AuthPolicy, Identity};
 use super::client::{Client, State};
 use super::mqtt::wire::MqttWire;
 use super::mqtt::{ConnectOptions, LastWill, MqttError, MqttSession};
-use super::peer::{Destination, PeerAddr, Transmit};
+use super::peer::{Destination, Link, PeerAddr, Transmit};
 use super::registry::{PredefinedTopics, TopicInterner};
 use super::slab::Slab;
 use super::subscriptions::SubscriptionTable;
@@ -246,9 +246,14 @@ impl Gateway {
             .clients
             .iter()
             .filter(|(_, c)| {
-                self.auth
-                    .authenticate(&c.client_id, &c.peer, c.identity.as_ref())
-                    .is_err()
+                // A DTLS session restored without its identity is checked when its device
+                // proves one again (its next frame, over a new association).
+                let unproven = c.identity.is_none() && matches!(c.peer.link, Link::Dtls(_));
+                !unproven
+                    && self
+                        .auth
+                        .authenticate(&c.client_id, &c.peer, c.identity.as_ref())
+                        .is_err()
             })
             .map(|(key, _)| ClientKey(key))
             .collect();

@@ -187,7 +187,6 @@ impl GatewayHarness {
     /// A new engine with the same settings, restored from the store.
     fn restored(&self, now: Instant) -> Gateway {
         let mut gw = Gateway::new(self.gw.settings().clone(), self.gw.wire());
-        gw.set_auth(now, self.gw.auth().clone());
         gw.enable_persistence();
         if let Some(store) = &self.store {
             let report = gw.restore(now, store.load());
@@ -197,6 +196,8 @@ impl GatewayHarness {
                 report.skipped
             );
         }
+        // As the driver does: the policy is applied to what was restored.
+        let _ = gw.set_auth(now, self.gw.auth().clone());
         gw
     }
 
