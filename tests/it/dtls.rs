@@ -14,6 +14,15 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 
 const KEY: &str = "00112233445566778899aabbccddeeff";
+/// s_client's arguments for `dev-psk` with [`KEY`].
+const PSK_ARGS: [&str; 6] = [
+    "-psk_identity",
+    "dev-psk",
+    "-psk",
+    KEY,
+    "-cipher",
+    "PSK-AES128-CCM8",
+];
 
 fn openssl_missing() -> bool {
     let missing = Command::new("openssl").arg("version").output().is_err();
@@ -154,6 +163,20 @@ fn psk_file(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// A gateway on `broker` with a PSK listener whose psk_file (in a directory named after the
+/// test) holds `dev-psk` and `other`.
+async fn psk_gateway(
+    broker: &Mosquitto,
+    test: &str,
+) -> (mqttsn_gateway::driver::Running, SocketAddr) {
+    let psk = psk_file(&temp_dir(test));
+    let listener = format!(
+        "[[dtls]]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
+        psk.display()
+    );
+    gateway_with(broker, &listener).await
+}
+
 /// The PSK handshake, then CONNECT, PUBLISH and SUBSCRIBE through it to a real broker; a
 /// ClientId that is not the PSK identity is refused, and so is a wrong key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,29 +185,11 @@ async fn openssl_psk_client_publishes_and_subscribes_through_dtls() {
         return;
     }
     let broker = Mosquitto::start();
-    let dir = temp_dir("dtls-psk");
-    let psk = psk_file(&dir);
-    let (gw, addr) = gateway_with(
-        &broker,
-        &format!(
-            "[[dtls]]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
-            psk.display()
-        ),
-    )
-    .await;
+    let (gw, addr) = psk_gateway(&broker, "dtls-psk").await;
     let mut app = Client::connect(broker.port(), "app").await;
     app.subscribe("dtls/#", MqttQoS::AtLeastOnce).await;
-    let psk_args = [
-        "-psk_identity",
-        "dev-psk",
-        "-psk",
-        KEY,
-        "-cipher",
-        "PSK-AES128-CCM8",
-    ];
-
     let client = tokio::task::spawn_blocking(move || {
-        let mut client = SClient::start(addr, &psk_args);
+        let mut client = SClient::start(addr, &PSK_ARGS);
         // Another device's identity as ClientId: refused.
         assert_eq!(
             connect_through(&mut client, "other"),
@@ -444,30 +449,13 @@ async fn garbage_and_replayed_records_are_ignored() {
         return;
     }
     let broker = Mosquitto::start();
-    let dir = temp_dir("dtls-replay");
-    let psk = psk_file(&dir);
-    let (gw, addr) = gateway_with(
-        &broker,
-        &format!(
-            "[[dtls]]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
-            psk.display()
-        ),
-    )
-    .await;
+    let (gw, addr) = psk_gateway(&broker, "dtls-replay").await;
     let mut app = Client::connect(broker.port(), "app").await;
     app.subscribe("dt", MqttQoS::AtLeastOnce).await;
     let relay = Relay::start(addr);
     let through = relay.addr();
     let client = tokio::task::spawn_blocking(move || {
-        let psk_args = [
-            "-psk_identity",
-            "dev-psk",
-            "-psk",
-            KEY,
-            "-cipher",
-            "PSK-AES128-CCM8",
-        ];
-        let mut client = SClient::start(through, &psk_args);
+        let mut client = SClient::start(through, &PSK_ARGS);
         assert_eq!(
             connect_through(&mut client, "dev-psk"),
             connack(ReturnCode::Accepted)
@@ -545,16 +533,7 @@ fn client_hello(random: u8) -> Vec<u8> {
 #[tokio::test]
 async fn a_client_hello_flood_gets_cookies_and_leaves_no_state() {
     let broker = Mosquitto::start();
-    let dir = temp_dir("dtls-flood");
-    let psk = psk_file(&dir);
-    let (gw, addr) = gateway_with(
-        &broker,
-        &format!(
-            "[[dtls]]\nbind = \"127.0.0.1:0\"\npsk_file = \"{}\"\n",
-            psk.display()
-        ),
-    )
-    .await;
+    let (gw, addr) = psk_gateway(&broker, "dtls-flood").await;
     let mut senders = Vec::new();
     for i in 0..200u32 {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -131,28 +131,8 @@ async fn the_acl_refuses_every_path_and_lets_the_allowed_ones_through() {
     app.subscribe("#", MqttQoS::AtLeastOnce).await;
 
     let device = Device::new(addr).await;
-    // A will outside the ACL: CONNACK 0x03.
-    device
-        .send(Message::Connect(Connect {
-            will: true,
-            clean_session: true,
-            duration: 60,
-            client_id: "s1",
-        }))
-        .await;
-    for _ in 0..200 {
-        if decode(&device.recv().await) == Message::WillTopicReq {
-            break;
-        }
-        device
-            .send(Message::Connect(Connect {
-                will: true,
-                clean_session: true,
-                duration: 60,
-                client_id: "s1",
-            }))
-            .await;
-    }
+    // A will outside the ACL: CONNACK 0x03 (the helper CONNECTs until WILLTOPICREQ).
+    crate::support::device::connect(&device, "s1", 60, true).await;
     device
         .send(Message::WillTopic(Some(WillTopic {
             qos: QoS::Zero,
