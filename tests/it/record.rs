@@ -341,3 +341,76 @@ async fn a_recording_with_a_publish_too_large_for_devices_replays() {
     }
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Frames of a DTLS association are recorded decrypted, the peer declared as DTLS with the
+/// identity it proved, and the broker CONNECT's password masked: the recording parses back
+/// and holds no secret.
+#[test]
+fn dtls_peers_are_recorded_with_their_identity_and_no_secrets() {
+    use mqttsn_gateway::engine::auth::Identity;
+    use mqttsn_gateway::engine::mqtt::wire::{MqttWire, Outgoing};
+    use mqttsn_gateway::engine::mqtt::ConnectOptions;
+    use mqttsn_gateway::engine::{Link, PeerAddr};
+    use mqttsn_gateway::record::redact::mask_connect_passwords;
+    use mqttsn_gateway::record::snlog::{Endpoint, Payload, RecordEvent};
+    let dir = std::env::temp_dir().join(format!("mqttsn-rec-dtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gw.snlog");
+    let recorder = Recorder::create(&path, RecordLimits::default()).unwrap();
+    let options = ConnectOptions {
+        username: Some("gw".into()),
+        password: Some("hunter2".into()),
+        ..ConnectOptions::new("mqttsn-gateway-1")
+    };
+    let mut connect = bytes::BytesMut::new();
+    mqttsn_gateway::mqtt_v4::MQTT_V4
+        .write(Outgoing::Connect(&options), &mut connect)
+        .unwrap();
+    let device = PeerAddr::direct(Link::Dtls(([10, 0, 0, 7], 50000).into()));
+    let events = [
+        (
+            Endpoint::Broker {
+                conn: 0,
+                owner: None,
+            },
+            false,
+            mask_connect_passwords(&connect.freeze()),
+            None,
+        ),
+        (
+            Endpoint::Device(device),
+            true,
+            Message::PingReq { client_id: None }
+                .to_vec()
+                .unwrap()
+                .into(),
+            Some(Identity::Psk("dev-psk".into())),
+        ),
+    ];
+    for (i, (peer, inbound, bytes, identity)) in events.into_iter().enumerate() {
+        recorder.record(RecordEvent {
+            at: mqttsn_gateway::time::Instant::from_millis(i as u64),
+            inbound,
+            peer,
+            local: None,
+            payload: Payload::Bytes(bytes),
+            identity,
+        });
+    }
+    recorder.finish();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("dtls 10.0.0.7:50000 psk dev-psk"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    // "hunter2" in hex is 68 75 6E 74 65 72 32: not in the CONNECT line either.
+    assert!(!text.contains("68 75 6E 74 65 72 32"), "{text}");
+    let t = Transcript::parse(&text, "gw.snlog").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let dev = t
+        .peers
+        .iter()
+        .find(|p| p.kind == PeerKind::Dtls(([10, 0, 0, 7], 50000).into()));
+    assert_eq!(
+        dev.and_then(|p| p.identity.clone()),
+        Some(Identity::Psk("dev-psk".into()))
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
