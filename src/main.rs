@@ -213,9 +213,12 @@ fn init_logging(verbose: u8, quiet: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("mqttsn_gateway={level},rumqttd=off,warn"))
     });
+    // Colour for a person at a terminal; none in a file, a pipe or the journal (issue 13).
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
 }
 

@@ -315,3 +315,33 @@ fn state_reports_a_store_and_names_what_is_wrong_with_others() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("store format 7"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The log has no colour codes when it goes to a file or a pipe (issue 13: `run > gw.log`).
+#[test]
+fn the_log_has_no_escape_codes_in_a_pipe() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqttsn-gateway"))
+        .args([
+            "run",
+            "--udp",
+            "127.0.0.1:0",
+            "--broker",
+            "mqtt://127.0.0.1:1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Its first lines (listening, then the broker that is not there).
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take(2)
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "{lines:?}");
+    assert!(lines[0].contains("INFO"), "{lines:?}");
+}

@@ -30,7 +30,7 @@ fn free_udp_port() -> u16 {
     socket.local_addr().expect("local addr").port()
 }
 
-/// Removes ANSI colour sequences (the gateway colours its log even into a pipe).
+/// Removes ANSI colour sequences (a log written to a terminal has them; one in a pipe, as here, no longer does).
 fn plain(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
